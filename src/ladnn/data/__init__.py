@@ -1,0 +1,1 @@
+"""Canonical dataset: import, normalise, split and version chest-CT slices."""

@@ -1,0 +1,115 @@
+"""Decode any slice a publisher ships and normalise it to the canonical 8-bit RGB PNG."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageDecodeError", "NormalisedImage", "normalise_image", "encode_png", "MAX_PIXELS"]
+
+# Larger declared sizes are rejected as decompression bombs before any pixel is decoded.
+MAX_PIXELS = 8192 * 8192
+
+
+class ImageDecodeError(ValueError):
+    """An input file that is not a decodable image."""
+
+
+@dataclass(frozen=True)
+class NormalisedImage:
+    image: Image.Image
+    image_id: str
+    original_mode: str
+    original_format: str
+    width: int
+    height: int
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Rescale a high-bit-depth grey image to 0-255 over its own range, never clipping."""
+    array = np.asarray(image, dtype=np.float64)
+    low, high = float(array.min()), float(array.max())
+    if high > low:
+        array = (array - low) * (255.0 / (high - low))
+    else:
+        array = np.zeros_like(array)
+    return Image.fromarray(np.rint(array).astype(np.uint8), mode="L")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _to_8bit(image).convert("RGB")
+    if mode == "P":
+        has_alpha = "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+        mode = image.mode
+    if mode in ("LA", "PA"):
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode == "RGBA":
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def pixel_hash(image: Image.Image) -> str:
+    """Hash the decoded pixels, so the same picture in two encodings or names gets one id."""
+    digest = hashlib.sha256()
+    digest.update(f"{image.mode}:{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()[:24]
+
+
+def normalise_image(data: bytes, name: str) -> NormalisedImage:
+    """Decode `data` (the bytes of file `name`) and return its canonical RGB form and content id.
+
+    RGBA is composited onto black, palette and grey are expanded, 16-bit is rescaled over its own
+    range, and the EXIF orientation is applied. Raises `ImageDecodeError` naming the file and the
+    problem for empty, truncated, oversized or non-image input.
+    """
+    if not data:
+        raise ImageDecodeError(f"{name}: file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                original_format = opened.format or "unknown"
+                original_mode = opened.mode
+                if opened.width * opened.height > MAX_PIXELS:
+                    raise ImageDecodeError(
+                        f"{name}: declared size {opened.width}x{opened.height} exceeds the limit "
+                        f"of {MAX_PIXELS} pixels"
+                    )
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as err:
+        raise ImageDecodeError(f"{name}: not an image file of a known format") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageDecodeError(f"{name}: rejected as a decompression bomb ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageDecodeError(f"{name}: image data is corrupt or truncated ({err})") from err
+
+    rgb = _to_rgb(image)
+    return NormalisedImage(
+        image=rgb,
+        image_id=pixel_hash(rgb),
+        original_mode=original_mode,
+        original_format=original_format,
+        width=rgb.width,
+        height=rgb.height,
+    )
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """Encode with fixed settings so that the same pixels always give the same bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=6, optimize=False)
+    return buffer.getvalue()

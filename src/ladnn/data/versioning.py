@@ -1,0 +1,232 @@
+"""Dataset versions: DVC commits of `data/`, pushed to the workspace remote and tagged `data/vN`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from ladnn.data.store import DatasetStore, atomic_write_bytes
+from ladnn.workspace import Workspace
+
+__all__ = ["DatasetVersion", "commit_version", "list_versions", "latest_version", "DvcError"]
+
+logger = logging.getLogger(__name__)
+
+
+class DvcError(RuntimeError):
+    """A DVC or git command failed."""
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    number: int
+    md5: str
+    created_at: str
+    batch_ids: list[str]
+    n_images: int
+    counts: dict[str, int]
+    dvc_file: str
+    git_tag: str | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"v{self.number}"
+
+
+def _run(command: list[str], cwd: Path, what: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise DvcError(
+            f"{what} failed in {cwd} (exit {result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()[-2000:]}"
+        )
+    return result.stdout
+
+
+def _dvc(args: list[str], cwd: Path) -> str:
+    return _run([sys.executable, "-m", "dvc", *args], cwd, f"dvc {' '.join(args)}")
+
+
+def _git_toplevel(root: Path) -> Path | None:
+    result = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return Path(result.stdout.strip()).resolve() if result.returncode == 0 else None
+
+
+def ensure_dvc_repo(root: Path, workspace: Workspace) -> None:
+    """Initialise DVC in `root` if needed and point its cache and default remote at the workspace."""
+    if not (root / ".dvc").is_dir():
+        toplevel = _git_toplevel(root)
+        if toplevel is None:
+            _dvc(["init", "--no-scm", "-q"], root)
+        elif toplevel == root.resolve():
+            _dvc(["init", "-q"], root)
+        else:
+            _dvc(["init", "--subdir", "-q"], root)
+    _dvc(["config", "--local", "core.analytics", "false"], root)
+    _dvc(["config", "--local", "cache.dir", str(workspace.dvc_cache)], root)
+    _dvc(
+        [
+            "remote",
+            "add",
+            "--local",
+            "--default",
+            "--force",
+            "workspace",
+            str(workspace.dvc_remote),
+        ],
+        root,
+    )
+
+
+def _versions_file(workspace: Workspace) -> Path:
+    return workspace.datasets_dir / "versions.json"
+
+
+def list_versions(workspace: Workspace) -> list[DatasetVersion]:
+    path = _versions_file(workspace)
+    if not path.is_file():
+        return []
+    return [DatasetVersion(**record) for record in json.loads(path.read_text("utf-8"))]
+
+
+def latest_version(workspace: Workspace) -> DatasetVersion | None:
+    versions = list_versions(workspace)
+    return versions[-1] if versions else None
+
+
+def _save_versions(workspace: Workspace, versions: list[DatasetVersion]) -> None:
+    text = json.dumps([asdict(version) for version in versions], indent=2)
+    atomic_write_bytes(_versions_file(workspace), text.encode("utf-8"))
+
+
+def _tag_in_git(root: Path, number: int) -> str | None:
+    """Commit the changed pointer files and tag the commit `data/vN` when `root` is in git."""
+    toplevel = _git_toplevel(root)
+    if toplevel is None:
+        return None
+    identity = ["-c", "user.name=ladnn", "-c", "user.email=ladnn@localhost"]
+    has_identity = (
+        subprocess.run(
+            ["git", "config", "user.email"], cwd=root, capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+    pointer_files = [
+        p
+        for p in ("data.dvc", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore")
+        if (root / p).exists()
+    ]
+    _run(["git", "add", "--", *pointer_files], root, "git add")
+    staged = subprocess.run(
+        ["git", "diff", "--cached", "--quiet", "--", *pointer_files], cwd=root, check=False
+    ).returncode
+    if staged:
+        _run(
+            [
+                "git",
+                *([] if has_identity else identity),
+                "commit",
+                "-q",
+                "-m",
+                f"Add dataset version v{number}",
+                "--",
+                *pointer_files,
+            ],
+            root,
+            "git commit",
+        )
+    tag = f"data/v{number}"
+    exists = (
+        subprocess.run(
+            ["git", "rev-parse", "-q", "--verify", f"refs/tags/{tag}"],
+            cwd=root,
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+    if exists:
+        logger.warning("git tag %s already exists in %s; left unchanged", tag, toplevel)
+        return tag
+    has_commit = (
+        subprocess.run(
+            ["git", "rev-parse", "-q", "--verify", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+    if not has_commit:
+        logger.warning("git repository %s has no commit to tag as %s", toplevel, tag)
+        return None
+    _run(["git", "tag", tag], root, "git tag")
+    return tag
+
+
+def commit_version(
+    root: str | Path, workspace: Workspace, batch_id: str, *, git_tag: bool = True
+) -> tuple[DatasetVersion, bool]:
+    """Record `root/data` as a dataset version; return it and whether it is new.
+
+    Unchanged data (the same DVC hash as an earlier version) reuses that version. A new version is
+    pushed to the workspace's DVC remote before it is recorded, so a recorded version can always be
+    restored with `dvc checkout`/`dvc pull`.
+    """
+    root = Path(root).resolve()
+    store = DatasetStore(root)
+    if not store.exists():
+        raise FileNotFoundError(f"no dataset at {store.data_dir}: import a release or batch first")
+    ensure_dvc_repo(root, workspace)
+    _dvc(["add", "-q", "data"], root)
+    dvc_text = (root / "data.dvc").read_text("utf-8")
+    out = yaml.safe_load(dvc_text)["outs"][0]
+    md5 = out["md5"]
+
+    versions = list_versions(workspace)
+    for version in reversed(versions):
+        if version.md5 == md5:
+            logger.info("data unchanged: dataset version %s (md5 %s)", version.name, md5)
+            return version, False
+
+    _dvc(["push", "-q", "data.dvc"], root)
+    metadata = store.read_metadata()
+    counts = {
+        **{f"label_{label}": int((metadata["label"] == label).sum()) for label in (0, 1)},
+        **{
+            f"split_{split}": int((metadata["split"] == split).sum())
+            for split in ("train", "val", "test")
+        },
+    }
+    number = len(versions) + 1
+    tag = _tag_in_git(root, number) if git_tag else None
+    version = DatasetVersion(
+        number=number,
+        md5=md5,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        batch_ids=sorted(metadata["batch_id"].dropna().unique().tolist()),
+        n_images=len(metadata),
+        counts=counts,
+        dvc_file=dvc_text,
+        git_tag=tag,
+        notes={"added_by_batch": batch_id},
+    )
+    _save_versions(workspace, [*versions, version])
+    logger.info("created dataset version %s (%d images, md5 %s)", version.name, len(metadata), md5)
+    return version, True

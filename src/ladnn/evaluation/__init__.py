@@ -1,0 +1,1 @@
+"""Metrics and reports from predicted probabilities."""

@@ -1,0 +1,144 @@
+"""Classification metrics from probabilities, with patient-level bootstrap confidence intervals."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+
+__all__ = [
+    "roc_auc",
+    "sensitivity_at_specificity",
+    "threshold_metrics",
+    "choose_threshold",
+    "bootstrap_ci",
+    "auc_with_ci",
+]
+
+
+def _as_arrays(y_true: Sequence, y_score: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(y_score, dtype=float)
+    if y.shape != p.shape or y.ndim != 1:
+        raise ValueError(
+            f"labels of shape {y.shape} and scores of shape {p.shape} must be equal 1-D"
+        )
+    return y, p
+
+
+def roc_auc(y_true: Sequence, y_score: Sequence) -> float:
+    """ROC AUC; warns and returns NaN when only one class is present."""
+    y, p = _as_arrays(y_true, y_score)
+    if len(np.unique(y)) < 2:
+        warnings.warn("ROC AUC is undefined with a single class; returning NaN", stacklevel=2)
+        return math.nan
+    return float(roc_auc_score(y, p))
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else math.nan
+
+
+def threshold_metrics(y_true: Sequence, y_score: Sequence, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity, precision, F1 and accuracy of `score >= threshold`."""
+    y, p = _as_arrays(y_true, y_score)
+    predicted = (p >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, predicted, labels=[0, 1]).ravel()
+    sensitivity = _ratio(tp, tp + fn)
+    precision = _ratio(tp, tp + fp)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    return {
+        "sensitivity": sensitivity,
+        "specificity": _ratio(tn, tn + fp),
+        "precision": precision,
+        "f1": f1,
+        "accuracy": _ratio(tp + tn, len(y)),
+        "tp": int(tp),
+        "fp": int(fp),
+        "tn": int(tn),
+        "fn": int(fn),
+    }
+
+
+def choose_threshold(y_true: Sequence, y_score: Sequence, rule: str = "youden") -> float:
+    """Pick the decision threshold on validation data; "youden" maximises sensitivity + specificity."""
+    if rule == "fixed":
+        return 0.5
+    if rule != "youden":
+        raise ValueError(f"unknown threshold rule {rule!r}: expected 'youden' or 'fixed'")
+    y, p = _as_arrays(y_true, y_score)
+    if len(np.unique(y)) < 2:
+        warnings.warn("threshold undefined with a single class; using 0.5", stacklevel=2)
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y, p)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))
+
+
+def sensitivity_at_specificity(y_true: Sequence, y_score: Sequence, specificity: float) -> float:
+    """Highest sensitivity reachable while specificity stays at or above `specificity`."""
+    y, p = _as_arrays(y_true, y_score)
+    if len(np.unique(y)) < 2:
+        return math.nan
+    # Intermediate points must stay: with tied scores the best allowed point can be one of them.
+    fpr, tpr, _ = roc_curve(y, p, drop_intermediate=False)
+    allowed = fpr <= (1 - specificity) + 1e-12
+    return float(tpr[allowed].max()) if allowed.any() else 0.0
+
+
+def bootstrap_ci(
+    statistic,
+    y_true: Sequence,
+    y_score: Sequence,
+    groups: Sequence | None = None,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile confidence interval of `statistic(y, p)`, resampling whole groups (patients).
+
+    Resamples in which the statistic is undefined (NaN, e.g. a single class) are skipped.
+    """
+    y, p = _as_arrays(y_true, y_score)
+    group_ids = np.asarray(groups) if groups is not None else np.arange(len(y))
+    if group_ids.shape != y.shape:
+        raise ValueError(f"groups of shape {group_ids.shape} must match labels of shape {y.shape}")
+    unique, inverse = np.unique(group_ids, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    values = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(n_resamples):
+            chosen = rng.integers(0, len(unique), len(unique))
+            index = np.concatenate([members[g] for g in chosen])
+            value = statistic(y[index], p[index])
+            if not math.isnan(value):
+                values.append(value)
+    if not values:
+        return math.nan, math.nan
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def auc_with_ci(
+    y_true: Sequence,
+    y_score: Sequence,
+    groups: Sequence | None = None,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """ROC AUC and its 95% bootstrap interval over patients."""
+    auc = roc_auc(y_true, y_score)
+
+    def statistic(y: np.ndarray, p: np.ndarray) -> float:
+        return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan
+
+    low, high = bootstrap_ci(statistic, y_true, y_score, groups, n_resamples=n_resamples, seed=seed)
+    return auc, low, high

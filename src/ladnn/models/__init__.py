@@ -1,0 +1,1 @@
+"""Backbones and the LA-DNN network with its loss."""

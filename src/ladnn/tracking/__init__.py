@@ -1,0 +1,1 @@
+"""MLflow runs, the pyfunc model and the model registry."""

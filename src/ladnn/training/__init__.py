@@ -1,0 +1,1 @@
+"""Image caching, augmentation and the training loop."""

@@ -1,0 +1,233 @@
+"""One tracked training run: train on a dataset version, evaluate, and log everything to MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import yaml
+
+from ladnn.config import LadnnCfg, config_to_dict
+from ladnn.data.store import DatasetStore
+from ladnn.data.versioning import DatasetVersion
+from ladnn.evaluation.metrics import choose_threshold
+from ladnn.evaluation.plots import save_evaluation_plots
+from ladnn.evaluation.report import EvaluationResult, evaluate_probabilities
+from ladnn.tracking.pyfunc import log_pyfunc_model
+from ladnn.tracking.registry import git_commit
+from ladnn.tracking.store import configure_mlflow
+from ladnn.training.images import ImageCache
+from ladnn.training.trainer import SplitData, TrainOutcome, predict, prepare_split, train_model
+from ladnn.workspace import Workspace
+
+__all__ = ["TrainingRun", "run_training", "flatten_config"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingRun:
+    run_id: str
+    model_uri: str
+    threshold: float
+    best_epoch: int
+    train_seconds: float
+    pretrained: bool
+    weights_source: str
+    dataset_version: str
+    validation: EvaluationResult
+    test: EvaluationResult
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def flatten_config(values: dict, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _run_key(cfg: LadnnCfg, version: DatasetVersion) -> str:
+    text = json.dumps({"config": config_to_dict(cfg), "dataset": version.md5}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _input_example(store: DatasetStore, frame: pd.DataFrame) -> pd.DataFrame:
+    image_id = frame["image_id"].iloc[0]
+    return pd.DataFrame({"image": [store.image_path(image_id).read_bytes()]})
+
+
+def run_training(
+    cfg: LadnnCfg,
+    workspace: Workspace,
+    store: DatasetStore,
+    version: DatasetVersion,
+    *,
+    resume: bool = False,
+    validation_id: str | None = None,
+    run_name: str | None = None,
+    progress: bool = True,
+) -> TrainingRun:
+    """Train LA-DNN on `version` and log config, per-epoch and final metrics, plots and the model.
+
+    The threshold is chosen on the validation split and frozen before the test split is scored.
+    With `resume=True` an interrupted run with the same configuration and dataset continues from
+    its last epoch checkpoint, in the same MLflow run.
+    """
+    configure_mlflow(cfg, workspace)
+    frame = store.read_metadata()
+    cache = ImageCache(store, workspace.cache_dir, cfg.train.image_size)
+    lesion_free = cfg.loss.negatives_lesion_free
+    splits: dict[str, SplitData] = {
+        split: prepare_split(
+            frame[frame["split"] == split], cache, negatives_lesion_free=lesion_free
+        )
+        for split in ("train", "val", "test")
+    }
+
+    key = _run_key(cfg, version)
+    checkpoint = workspace.checkpoints_dir / f"{key}.pt"
+    run_file = workspace.checkpoints_dir / f"{key}.run.json"
+    previous_run = None
+    if resume and run_file.is_file() and checkpoint.is_file():
+        previous_run = json.loads(run_file.read_text())["run_id"]
+    elif not resume:
+        checkpoint.unlink(missing_ok=True)
+
+    tags = {
+        "dataset_version": version.name,
+        "dataset_md5": version.md5,
+        "validation_result_id": validation_id or "none",
+        "backbone": cfg.model.backbone,
+        "variant": cfg.model.variant,
+        "profile": cfg.profile,
+        "git_commit": git_commit(),
+    }
+    with mlflow.start_run(run_id=previous_run, run_name=run_name) as run:
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(json.dumps({"run_id": run.info.run_id}))
+        if previous_run is None:
+            mlflow.set_tags(tags)
+            mlflow.log_params(flatten_config(config_to_dict(cfg)))
+            mlflow.log_dict(config_to_dict(cfg), "config.yaml")
+            mlflow.log_params(
+                {f"dataset.{name}": value for name, value in version.counts.items()}
+                | {"dataset.n_images": version.n_images}
+            )
+        local_run_dir = workspace.runs_dir / run.info.run_id
+        local_run_dir.mkdir(parents=True, exist_ok=True)
+        (local_run_dir / "config.yaml").write_text(
+            yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+        )
+
+        def log_epoch(record: dict[str, float]) -> None:
+            step = int(record["epoch"])
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
+
+        outcome: TrainOutcome = train_model(
+            cfg,
+            splits["train"],
+            splits["val"],
+            checkpoint_path=checkpoint,
+            resume=previous_run is not None,
+            on_epoch=log_epoch,
+            progress=progress,
+        )
+        mean, std = outcome.backbone.spec.mean, outcome.backbone.spec.std
+        probabilities = {
+            split: predict(outcome.model, data.pixels, mean, std, device=outcome.device)
+            for split, data in splits.items()
+            if split != "train"
+        }
+        val_y = splits["val"].frame["label"].to_numpy()
+        threshold = (
+            cfg.eval.fixed_threshold
+            if cfg.eval.threshold_rule == "fixed"
+            else choose_threshold(val_y, probabilities["val"][:, 0], "youden")
+        )
+        results = {
+            split: evaluate_probabilities(
+                splits[split].frame,
+                probabilities[split],
+                threshold=threshold,
+                split=split,
+                n_resamples=cfg.eval.bootstrap,
+                seed=cfg.eval.seed,
+            )
+            for split in ("val", "test")
+        }
+        mlflow.log_metrics(results["val"].flat() | results["test"].flat())
+        mlflow.log_metrics(
+            {
+                "threshold": threshold,
+                "best_epoch": outcome.best_epoch,
+                "train_seconds": outcome.train_seconds,
+            }
+        )
+        mlflow.set_tags(
+            {
+                "pretrained": str(outcome.backbone.pretrained).lower(),
+                "weights_source": outcome.backbone.weights_source,
+                "device": outcome.device,
+            }
+        )
+        if not outcome.backbone.pretrained:
+            mlflow.set_tag("warning", "backbone trained from random weights (not pretrained)")
+
+        with tempfile.TemporaryDirectory() as scratch:
+            scratch_dir = Path(scratch)
+            for split in ("val", "test"):
+                data = splits[split]
+                save_evaluation_plots(
+                    data.frame["label"].to_numpy(),
+                    probabilities[split][:, 0],
+                    threshold,
+                    scratch_dir / "plots",
+                    split,
+                )
+                predictions = data.frame[["image_id", "file_name", "patient_id", "label"]].copy()
+                predictions["covid_probability"] = probabilities[split][:, 0]
+                predictions.to_csv(scratch_dir / f"predictions_{split}.csv", index=False)
+                mlflow.log_artifact(str(scratch_dir / f"predictions_{split}.csv"), "predictions")
+            mlflow.log_artifacts(str(scratch_dir / "plots"), "plots")
+            spec = {
+                "backbone": cfg.model.backbone,
+                "variant": cfg.model.variant,
+                "image_size": cfg.train.image_size,
+                "mean": list(mean),
+                "std": list(std),
+                "threshold": threshold,
+                "dataset_version": version.name,
+            }
+            info = log_pyfunc_model(
+                outcome.model.cpu(),
+                spec,
+                scratch_dir / "model_files",
+                _input_example(store, splits["test"].frame),
+            )
+
+    checkpoint.unlink(missing_ok=True)
+    run_file.unlink(missing_ok=True)
+    return TrainingRun(
+        run_id=run.info.run_id,
+        model_uri=info.model_uri,
+        threshold=threshold,
+        best_epoch=outcome.best_epoch,
+        train_seconds=outcome.train_seconds,
+        pretrained=outcome.backbone.pretrained,
+        weights_source=outcome.backbone.weights_source,
+        dataset_version=version.name,
+        validation=results["val"],
+        test=results["test"],
+        tags=tags,
+    )

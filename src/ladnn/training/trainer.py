@@ -1,0 +1,295 @@
+"""Training loop: seeded, checkpointed every epoch, resumable, best epoch chosen on validation AUC."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ladnn.config import LadnnCfg, config_to_dict
+from ladnn.data.lesions import LESIONS
+from ladnn.evaluation.metrics import roc_auc
+from ladnn.models.backbones import LoadedBackbone
+from ladnn.models.ladnn import LADNN, build_model, ladnn_loss
+from ladnn.training.images import ImageCache, augment_batch, to_model_input
+
+__all__ = ["SplitData", "TrainOutcome", "prepare_split", "train_model", "predict", "select_device"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitData:
+    frame: pd.DataFrame
+    pixels: torch.Tensor
+    covid: torch.Tensor
+    # (N, 5) float: 0, 1 or NaN for unknown.
+    lesions: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+@dataclass
+class TrainOutcome:
+    model: LADNN
+    backbone: LoadedBackbone
+    best_epoch: int
+    best_val_auc: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    device: str = "cpu"
+
+
+def prepare_split(
+    frame: pd.DataFrame, cache: ImageCache, *, negatives_lesion_free: bool = False
+) -> SplitData:
+    frame = frame.reset_index(drop=True)
+    lesions = frame[list(LESIONS)].astype("Float32").to_numpy(dtype=np.float32, na_value=np.nan)
+    if negatives_lesion_free:
+        negative = (frame["label"] == 0).to_numpy()
+        lesions[negative] = np.nan_to_num(lesions[negative], nan=0.0)
+    return SplitData(
+        frame=frame,
+        pixels=cache.get(frame["image_id"].tolist()),
+        covid=torch.tensor(frame["label"].to_numpy(), dtype=torch.float32),
+        lesions=torch.from_numpy(lesions),
+    )
+
+
+def select_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _configure_threads(threads: int) -> None:
+    count = threads or os.cpu_count() or 1
+    torch.set_num_threads(count)
+
+
+@torch.no_grad()
+def predict(
+    model: LADNN,
+    pixels: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    channels_last: bool = True,
+) -> np.ndarray:
+    """Return sigmoid probabilities of shape (N, outputs) for grey uint8 pixels (N, 1, H, W)."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(pixels), batch_size):
+        batch = to_model_input(pixels[start : start + batch_size].to(device), mean, std)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        outputs.append(torch.sigmoid(model(batch).float()).cpu())
+    if not outputs:
+        return np.empty((0, 1 if model.lesion_head is None else 1 + len(LESIONS)), dtype=np.float32)
+    return torch.cat(outputs).numpy()
+
+
+def _make_optimizer(model: LADNN, cfg: LadnnCfg) -> torch.optim.Optimizer:
+    train = cfg.train
+    if train.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+
+
+def _make_scheduler(optimizer, cfg: LadnnCfg, steps_per_epoch: int):
+    train = cfg.train
+    total = max(1, train.epochs * steps_per_epoch)
+    if train.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=train.lr, total_steps=total, pct_start=0.2
+        )
+    if train.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def train_model(
+    cfg: LadnnCfg,
+    train: SplitData,
+    val: SplitData,
+    *,
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> TrainOutcome:
+    """Train LA-DNN on `train`, score `val` after every epoch and keep the weights of the best epoch.
+
+    With `checkpoint_path`, the full state is saved after every epoch; `resume=True` continues from
+    that file when it exists. `on_epoch` receives each epoch's metrics (for tracking).
+    """
+    if len(train) == 0:
+        raise ValueError("the training split is empty: import data with train images first")
+    _configure_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    device = select_device(cfg.train.device)
+    model, backbone = build_model(
+        cfg.model.backbone,
+        cfg.model.variant,
+        pretrained=cfg.model.pretrained,
+        weights_file=cfg.model.weights_file or None,
+        drop_rate=cfg.model.drop_rate,
+    )
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    mean, std = backbone.spec.mean, backbone.spec.std
+
+    batch_size = cfg.train.batch_size
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    optimizer = _make_optimizer(model, cfg)
+    scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+
+    start_epoch, best_auc, best_epoch, best_state, history = 0, -math.inf, 0, None, []
+    if resume and checkpoint_path is not None and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if state.get("config") != config_to_dict(cfg):
+            raise ValueError(
+                f"checkpoint {checkpoint_path} was written with another configuration; "
+                "resume with the same configuration or start without --resume"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best_auc, best_epoch = state["epoch"], state["best_auc"], state["best_epoch"]
+        best_state, history = state["best_state"], state["history"]
+        logger.info("resumed from %s after epoch %d", checkpoint_path, start_epoch)
+
+    started = time.perf_counter()
+    stale_epochs = 0
+    for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        epoch_loss, seen, epoch_start = 0.0, 0, time.perf_counter()
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}/{cfg.train.epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
+        for step in bar:
+            index = order[step * batch_size : (step + 1) * batch_size]
+            pixels = augment_batch(
+                train.pixels[index],
+                generator,
+                scale=(cfg.train.scale_min, cfg.train.scale_max),
+                hflip=cfg.train.hflip,
+                rotate_degrees=cfg.train.rotate_degrees,
+                translate=cfg.train.translate,
+                intensity_jitter=cfg.train.intensity_jitter,
+            ).to(device)
+            inputs = to_model_input(pixels, mean, std).contiguous(memory_format=memory_format)
+            logits = model(inputs)
+            loss = ladnn_loss(
+                logits,
+                train.covid[index].to(device),
+                train.lesions[index].to(device),
+                covid_weight=cfg.loss.covid_weight,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            epoch_loss += loss.item() * len(index)
+            seen += len(index)
+            bar.set_postfix(
+                loss=f"{epoch_loss / seen:.4f}",
+                img_s=f"{seen / (time.perf_counter() - epoch_start):.1f}",
+            )
+        train_seconds = time.perf_counter() - epoch_start
+
+        probabilities = predict(
+            model, val.pixels, mean, std, device=device, channels_last=cfg.train.channels_last
+        )
+        val_auc = roc_auc(val.covid.numpy(), probabilities[:, 0]) if len(val) else math.nan
+        record = {
+            "epoch": epoch,
+            "train_loss": epoch_loss / max(seen, 1),
+            "val_auc": val_auc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_images_per_s": seen / train_seconds,
+        }
+        history.append(record)
+        improved = not math.isnan(val_auc) and val_auc > best_auc
+        if improved or best_state is None:
+            best_auc = val_auc if not math.isnan(val_auc) else best_auc
+            best_epoch = epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            stale_epochs = 0
+        else:
+            stale_epochs += 1
+        logger.info(
+            "epoch %d: loss %.4f, val AUC %.4f, %.1f img/s%s",
+            epoch,
+            record["train_loss"],
+            val_auc,
+            record["train_images_per_s"],
+            " (best)" if best_epoch == epoch else "",
+        )
+        if on_epoch is not None:
+            on_epoch(record)
+        if checkpoint_path is not None:
+            _save_checkpoint(
+                checkpoint_path,
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "best_auc": best_auc,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "history": history,
+                    "config": config_to_dict(cfg),
+                },
+            )
+        if cfg.train.patience and stale_epochs >= cfg.train.patience:
+            logger.info(
+                "early stop after epoch %d: no better validation AUC in %d epochs",
+                epoch,
+                stale_epochs,
+            )
+            break
+
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainOutcome(
+        model=model,
+        backbone=backbone,
+        best_epoch=best_epoch,
+        best_val_auc=best_auc,
+        history=history,
+        train_seconds=time.perf_counter() - started,
+        device=str(device),
+    )

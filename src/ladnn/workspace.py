@@ -1,0 +1,94 @@
+"""The workspace: one folder for all local state (tracking store, DVC remote and cache, Prefect home,
+quarantine, caches, checkpoints)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Workspace", "WORKSPACE_ENV", "DATASETS_ENV", "default_datasets_dir"]
+
+WORKSPACE_ENV = "LADNN_WORKSPACE"
+DATASETS_ENV = "LADNN_DATASETS"
+
+
+def default_datasets_dir() -> Path:
+    """Folder of the public datasets: `$LADNN_DATASETS`, else `../shared/datasets` beside the cwd."""
+    configured = os.environ.get(DATASETS_ENV)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return (Path.cwd().parent / "shared" / "datasets").resolve()
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def resolve(cls, path: str | Path | None = None) -> Workspace:
+        """Use `path`, else `$LADNN_WORKSPACE`, else `./workspace`."""
+        chosen = path or os.environ.get(WORKSPACE_ENV) or "workspace"
+        return cls(Path(chosen).expanduser().resolve())
+
+    def ensure(self) -> Workspace:
+        for folder in (
+            self.mlflow_dir,
+            self.artifacts_dir,
+            self.dvc_remote,
+            self.dvc_cache,
+            self.prefect_home,
+            self.quarantine_dir,
+            self.cache_dir,
+            self.checkpoints_dir,
+            self.datasets_dir,
+            self.runs_dir,
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def dvc_remote(self) -> Path:
+        return self.root / "dvc-remote"
+
+    @property
+    def dvc_cache(self) -> Path:
+        return self.root / "dvc-cache"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Dataset version records."""
+        return self.root / "datasets"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Local copies of each run's resolved configuration and summary."""
+        return self.root / "runs"

@@ -1,0 +1,109 @@
+"""Dataset versions committed with a real DVC repository, with and without git."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ladnn.data.importer import ImportItem, import_items
+from ladnn.data.store import DatasetStore
+from ladnn.data.versioning import commit_version, latest_version, list_versions
+
+GIT_IDENTITY = ["-c", "user.name=ladnn tests", "-c", "user.email=tests@localhost"]
+
+
+@pytest.fixture(scope="module")
+def small_images(release_dir: Path) -> list[Path]:
+    return sorted((release_dir / "CT_NonCOVID").glob("*.jpg"))[:4]
+
+
+def _import(root: Path, paths: list[Path], batch_id: str) -> None:
+    items = [
+        ImportItem(
+            file_name=path.name,
+            read_bytes=path.read_bytes,
+            label=0,
+            patient_id=f"patient-{path.stem}",
+            source="test",
+        )
+        for path in paths
+    ]
+    report = import_items(items, DatasetStore(root), batch_id, progress=False)
+    assert report.added == [path.name for path in paths]
+
+
+def _git(root: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", *GIT_IDENTITY, *args], cwd=root, capture_output=True, text=True, check=True
+    )
+    return result.stdout
+
+
+def _remote_files(workspace) -> list[Path]:
+    return [path for path in workspace.dvc_remote.rglob("*") if path.is_file()]
+
+
+def test_commit_without_git(tmp_path, workspace, small_images):
+    root = tmp_path / "plain"
+    root.mkdir()
+    _import(root, small_images[:3], "batch-1")
+
+    first, first_new = commit_version(root, workspace, "batch-1")
+
+    assert first_new
+    assert first.number == 1
+    assert first.name == "v1"
+    assert first.n_images == 3
+    assert first.counts["label_0"] == 3
+    assert first.git_tag is None
+    assert (root / "data.dvc").is_file()
+    # The remote contains one file per image, the metadata and the directory listing.
+    assert len(_remote_files(workspace)) >= 5
+
+    again, again_new = commit_version(root, workspace, "batch-1")
+
+    assert not again_new
+    assert again.number == 1
+    assert again.md5 == first.md5
+
+    _import(root, small_images[3:4], "batch-2")
+    second, second_new = commit_version(root, workspace, "batch-2")
+
+    assert second_new
+    assert second.number == 2
+    assert second.n_images == first.n_images + 1
+    assert second.md5 != first.md5
+    assert second.batch_ids == ["batch-1", "batch-2"]
+    assert [version.number for version in list_versions(workspace)] == [1, 2]
+    assert latest_version(workspace) == second
+
+
+def test_commit_with_git_tags(tmp_path, workspace, small_images):
+    root = tmp_path / "repo"
+    root.mkdir()
+    _git(root, "init", "-q")
+    (root / "README.md").write_text("dataset\n", encoding="utf-8")
+    _git(root, "add", "README.md")
+    _git(root, "commit", "-q", "-m", "Add README")
+    _import(root, small_images[:2], "batch-1")
+
+    version, new = commit_version(root, workspace, "batch-1")
+    tags = _git(root, "tag", "--list", "data/*").split()
+    tracked = _git(root, "ls-files").split()
+
+    assert new
+    assert version.number == 1
+    assert version.git_tag == "data/v1"
+    assert tags == ["data/v1"]
+    assert "data.dvc" in tracked
+    assert "data/metadata.csv" not in tracked
+    assert len(_remote_files(workspace)) >= 4
+
+
+def test_commit_without_dataset(tmp_path, workspace):
+    with pytest.raises(FileNotFoundError) as caught:
+        commit_version(tmp_path / "empty", workspace, "batch-1")
+
+    assert "import" in str(caught.value)
