@@ -13,10 +13,8 @@ from ladnn.cycle import (
     data_root,
     import_release,
     register_run,
-    version_dataset,
 )
-from ladnn.data.importer import ImportReport
-from ladnn.data.release import RELEASE_BATCH_ID
+from ladnn.data.operations import BatchImport
 from ladnn.data.store import DatasetStore
 from ladnn.data.versioning import DatasetVersion
 from ladnn.tracking.store import tracking_uri_for
@@ -26,11 +24,14 @@ from ladnn.workspace import Workspace
 __all__ = ["cycle_flow"]
 
 
-@task(name="import-release")
-def import_release_task(cfg: LadnnCfg, workspace: Workspace) -> ImportReport:
-    report = import_release(cfg, workspace, progress=False)
-    get_run_logger().info(report.summary())
-    return report
+@task(name="import-release", retries=1, retry_delay_seconds=5)
+def import_release_task(cfg: LadnnCfg, workspace: Workspace) -> BatchImport:
+    result = import_release(cfg, workspace, progress=False)
+    logger = get_run_logger()
+    logger.info(result.report.summary())
+    state = "created" if result.created else "reused unchanged"
+    logger.info("dataset version %s %s (%d images)", result.version.name, state, result.version.n_images)
+    return result
 
 
 @task(name="check-images")
@@ -38,16 +39,6 @@ def check_images_task(cfg: LadnnCfg) -> int:
     count = check_images(DatasetStore(data_root(cfg)))
     get_run_logger().info("all %d images decode", count)
     return count
-
-
-@task(name="version-dataset", retries=2, retry_delay_seconds=[2, 10])
-def version_dataset_task(cfg: LadnnCfg, workspace: Workspace) -> tuple[DatasetVersion, bool]:
-    version, created = version_dataset(cfg, workspace, RELEASE_BATCH_ID)
-    state = "created" if created else "reused unchanged"
-    get_run_logger().info(
-        "dataset version %s %s (%d images)", version.name, state, version.n_images
-    )
-    return version, created
 
 
 @task(name="train-ladnn")
@@ -92,16 +83,16 @@ def cycle_flow(
     """
     cfg = load_config(config_path, overrides or [], profile)
     space = Workspace.resolve(Path(workspace) if workspace else None).ensure()
-    report = import_release_task(cfg, space)
+    imported = import_release_task(cfg, space)
     check_images_task(cfg)
-    version, created = version_dataset_task(cfg, space)
+    version = imported.version
     run = train_task(cfg, space, version, resume, progress)
     model_version = register_task(cfg, space, run)
     return CycleSummary(
         dataset_version=version.name,
-        dataset_created=created,
+        dataset_created=imported.created,
         n_images=version.n_images,
-        images_added=len(report.added),
+        images_added=len(imported.report.added),
         run_id=run.run_id,
         model_name=cfg.tracking.registered_model,
         model_version=model_version,

@@ -128,6 +128,40 @@ def cycle(
     console.print(format_summary(summary))
 
 
+def _run_import(state: Context, batch_id: str, items: list) -> None:
+    """Import items under the dataset lock, record the version and print what happened."""
+    from ladnn.cycle import data_root
+    from ladnn.data.operations import ImportLockedError, import_batch
+
+    cfg = state.config()
+    try:
+        result = import_batch(
+            data_root(cfg), state.workspace, batch_id, items, progress=sys.stderr.isatty()
+        )
+    except (FileNotFoundError, ValueError, ImportLockedError) as err:
+        _fail(str(err))
+    report = result.report
+    console.print(report.summary())
+    for name, existing in report.duplicates:
+        console.print(f"  duplicate: {name} has the same pixels as {existing}")
+    for _name, reason in report.rejected:
+        console.print(
+            f"  rejected: {reason} (copied to {state.workspace.quarantine_dir / batch_id})"
+        )
+    state_text = "new" if result.created else "unchanged"
+    console.print(
+        f"dataset version {result.version.name} ({state_text}): {result.version.n_images} images, "
+        f"{result.version.counts['label_1']} COVID / {result.version.counts['label_0']} negative"
+    )
+
+
+def _read_or_fail(reader, *args, **kwargs):
+    try:
+        return reader(*args, **kwargs)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+
+
 @import_app.command("release")
 def import_release_command(
     ctx: typer.Context,
@@ -136,21 +170,114 @@ def import_release_command(
         typer.Argument(help="COVID-CT release folder; default $LADNN_DATASETS/covid-ct."),
     ] = None,
 ) -> None:
-    """Import the COVID-CT release with LA-DNN's lesion labels and make a dataset version."""
-    from ladnn.cycle import import_release, version_dataset
-    from ladnn.data.release import RELEASE_BATCH_ID
+    """Import the COVID-CT release with LA-DNN's lesion labels, split and patients."""
+    from ladnn.cycle import release_dir
+    from ladnn.data.release import RELEASE_BATCH_ID, read_release
 
     state: Context = ctx.obj
-    cfg = state.config([f"data.release={path.resolve()}"] if path else [])
+    folder = path.resolve() if path else release_dir(state.config())
+    items = _read_or_fail(read_release, folder)
+    _run_import(state, RELEASE_BATCH_ID, items)
+
+
+@import_app.command("ladnn-batch")
+def import_ladnn_batch_command(
+    ctx: typer.Context,
+    path: Annotated[
+        Path, typer.Argument(help="Dated batch folder (e.g. new-data/5.16) or one class zip.")
+    ],
+    metadata: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="LA-DNN metadata CSV; default: the CSVs beside the batch and one folder up."
+        ),
+    ] = None,
+) -> None:
+    """Import one of LA-DNN's dated batches: a zip per class matched against the metadata CSVs."""
+    from ladnn.data.batches import read_ladnn_batch
+
+    state: Context = ctx.obj
+    batch_id, items = _read_or_fail(read_ladnn_batch, path, metadata)
+    _run_import(state, batch_id, items)
+
+
+@import_app.command("folder")
+def import_folder_command(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="Folder or zip of images.")],
+    metadata: Annotated[
+        Path | None,
+        typer.Option(
+            help="Metadata CSV (docs/data-format.md); default: the only CSV beside the images."
+        ),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Label for images without one in the CSV: covid or negative.")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Source for rows without one (DOI or URL).")
+    ] = None,
+    batch_id: Annotated[str | None, typer.Option(help="Batch id; default contrib-<name>.")] = None,
+) -> None:
+    """Import a contributed folder or zip with a metadata CSV in the documented schema."""
+    from ladnn.data.contributions import parse_label, read_contribution
+
+    state: Context = ctx.obj
+    batch_label = _read_or_fail(parse_label, label, "--label") if label is not None else None
+    chosen_id, items = _read_or_fail(
+        read_contribution,
+        path,
+        metadata=metadata,
+        label=batch_label,
+        source=source,
+        batch_id=batch_id,
+    )
+    _run_import(state, chosen_id, items)
+
+
+@import_app.command("upload")
+def import_upload_command(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
+    label: Annotated[str, typer.Option(help="Label of the uploaded images: covid or negative.")],
+    patient: Annotated[
+        str | None,
+        typer.Option(help="Patient id shared by these images; default one patient per image."),
+    ] = None,
+    source: Annotated[str, typer.Option(help="Source of the images.")] = "upload",
+) -> None:
+    """Import single uploaded images with a label."""
+    from ladnn.data.contributions import parse_label, read_uploads
+
+    state: Context = ctx.obj
+    batch_label = _read_or_fail(parse_label, label, "--label")
+    batch_id, items = _read_or_fail(
+        read_uploads, files, label=batch_label, patient_id=patient, source=source
+    )
+    _run_import(state, batch_id, items)
+
+
+@data_app.command("diff")
+def data_diff(
+    ctx: typer.Context,
+    old: Annotated[str, typer.Argument(help="Older version, e.g. v1.")],
+    new: Annotated[str, typer.Argument(help="Newer version, e.g. v2 or latest.")],
+    files: Annotated[bool, typer.Option(help="List every added and removed file.")] = False,
+) -> None:
+    """Show what a version added, removed or changed compared with another."""
+    from ladnn.data.operations import diff_versions
+
+    state: Context = ctx.obj
     try:
-        report = import_release(cfg, state.workspace, progress=sys.stderr.isatty())
-        version, created = version_dataset(cfg, state.workspace, RELEASE_BATCH_ID)
+        diff = diff_versions(state.workspace, old, new)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    console.print(report.summary())
-    console.print(
-        f"dataset version {version.name} ({'new' if created else 'unchanged'}), {version.n_images} images"
-    )
+    console.print(diff.summary(), markup=False)
+    if files:
+        for name in diff.added["file_name"]:
+            console.print(f"+ {name}", markup=False)
+        for name in diff.removed["file_name"]:
+            console.print(f"- {name}", markup=False)
 
 
 @data_app.command("versions")
@@ -166,14 +293,14 @@ def data_versions(ctx: typer.Context) -> None:
         counts = version.counts
         table.add_row(
             version.name,
-            version.created_at,
+            version.created_at[:10],
             str(version.n_images),
             str(counts["label_1"]),
             str(counts["label_0"]),
             str(counts["split_train"]),
             str(counts["split_val"]),
             str(counts["split_test"]),
-            version.md5,
+            version.md5[:12],
         )
     console.print(table)
 

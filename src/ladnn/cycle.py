@@ -13,10 +13,9 @@ from pathlib import Path
 from PIL import Image
 
 from ladnn.config import LadnnCfg
-from ladnn.data.importer import ImportReport, import_items
+from ladnn.data.operations import BatchImport, import_batch
 from ladnn.data.release import RELEASE_BATCH_ID, read_release
 from ladnn.data.store import DatasetStore
-from ladnn.data.versioning import DatasetVersion, commit_version
 from ladnn.tracking.registry import register_candidate
 from ladnn.tracking.store import configure_mlflow
 from ladnn.training.run import TrainingRun
@@ -27,7 +26,6 @@ __all__ = [
     "release_dir",
     "import_release",
     "check_images",
-    "version_dataset",
     "register_run",
     "CycleSummary",
     "format_summary",
@@ -48,17 +46,15 @@ def release_dir(cfg: LadnnCfg) -> Path:
     )
 
 
-def import_release(cfg: LadnnCfg, workspace: Workspace, *, progress: bool = True) -> ImportReport:
+def import_release(cfg: LadnnCfg, workspace: Workspace, *, progress: bool = True) -> BatchImport:
+    """Import the COVID-CT release and record the dataset version (reused when unchanged)."""
     source = release_dir(cfg)
     if not source.is_dir():
         raise FileNotFoundError(
             f"COVID-CT release not found at {source}: set data.release (--release) or LADNN_DATASETS"
         )
     items = read_release(source)
-    store = DatasetStore(data_root(cfg))
-    return import_items(
-        items, store, RELEASE_BATCH_ID, quarantine_dir=workspace.quarantine_dir, progress=progress
-    )
+    return import_batch(data_root(cfg), workspace, RELEASE_BATCH_ID, items, progress=progress)
 
 
 def check_images(store: DatasetStore) -> int:
@@ -77,12 +73,6 @@ def check_images(store: DatasetStore) -> int:
             f"{len(failures)} image(s) in {store.data_dir} do not decode: {failures[:5]}"
         )
     return len(frame)
-
-
-def version_dataset(
-    cfg: LadnnCfg, workspace: Workspace, batch_id: str
-) -> tuple[DatasetVersion, bool]:
-    return commit_version(data_root(cfg), workspace, batch_id)
 
 
 def _metric_tag(value: float) -> str:

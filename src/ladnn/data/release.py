@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +26,7 @@ import pandas as pd
 from ladnn.data.encoding import read_csv_any_encoding
 from ladnn.data.importer import ImportItem
 from ladnn.data.lesions import LESIONS, canonical_lesion, is_covid_header
+from ladnn.data.sources import IMAGE_SUFFIXES, image_stem
 
 __all__ = ["RELEASE_BATCH_ID", "RELEASE_SOURCE", "read_release", "LabelRow", "read_label_file"]
 
@@ -33,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 RELEASE_BATCH_ID = "covid-ct-release"
 RELEASE_SOURCE = "UCSD-AI4H/COVID-CT"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 SPLIT_FILES = {"train": "train_meta.csv", "val": "val_meta.csv", "test": "test_meta.csv"}
 META_INFO_FILE = "COVID-CT-MetaInfo_new.csv"
 
@@ -42,14 +42,37 @@ META_INFO_FILE = "COVID-CT-MetaInfo_new.csv"
 class LabelRow:
     file_name: str
     covid: bool
+    # Lesions marked present; an unmarked lesion is absent only if the row marks some lesion.
     lesions: dict[str, int]
+    # Other columns the file has (collection date, sources), keyed by lower-case header.
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+# Headers of LA-DNN label files that are not lesions.
+_EXTRA_COLUMNS = {"collection date", "sources", "source", "patient", "caption"}
+_TRUE_CELLS = {"1", "x", "yes", "true", "y"}
+
+
+def _cell_marks_lesion(value: str, code: str, column: str, where: str) -> bool:
+    """Decide whether a lesion cell is set; a code in the cell must name the column's lesion."""
+    text = value.strip()
+    if not text or text == "0":
+        return False
+    if text.lower() in _TRUE_CELLS:
+        return True
+    named = canonical_lesion(text, source=where)
+    if named != code:
+        raise ValueError(f"{where}: cell {text!r} in column {column!r} names lesion {named}, not {code}")
+    return True
 
 
 def read_label_file(path: Path) -> list[LabelRow]:
-    """Read a LA-DNN label CSV: `imgname`, a COVID column, then columns named after lesions.
+    """Read a LA-DNN label CSV: `imgname`, a COVID column, columns named after lesions, and
+    optionally `Collection date` and `Sources`.
 
-    A cell counts as positive when it is non-empty. Lesion headers are mapped to canonical codes,
-    so an unknown header stops the import with the file named.
+    A lesion cell counts as positive when it holds the lesion's code in any known spelling (or 1,
+    x, yes). Lesion headers are mapped to canonical codes, so an unknown header stops the import
+    with the file named.
     """
     frame, _ = read_csv_any_encoding(path)
     if len(frame.columns) == 0 or frame.columns[0].strip().lower() != "imgname":
@@ -58,18 +81,32 @@ def read_label_file(path: Path) -> list[LabelRow]:
         )
     covid_column = None
     lesion_columns: dict[str, str] = {}
+    extra_columns: list[str] = []
     for column in frame.columns[1:]:
         if is_covid_header(column):
             covid_column = column
+        elif column.strip().lower() in _EXTRA_COLUMNS:
+            extra_columns.append(column)
         elif column.strip() and not column.startswith("Unnamed"):
             lesion_columns[column] = canonical_lesion(column, source=str(path))
     rows = []
-    for record in frame.to_dict("records"):
+    for line, record in enumerate(frame.to_dict("records"), start=2):
+        name = record[frame.columns[0]]
+        if pd.isna(name) or not str(name).strip():
+            continue
+        where = f"{path} line {line}"
         lesions_present = {
-            code: 1 for column, code in lesion_columns.items() if pd.notna(record[column])
+            code: 1
+            for column, code in lesion_columns.items()
+            if pd.notna(record[column]) and _cell_marks_lesion(str(record[column]), code, column, where)
         }
         covid = covid_column is not None and pd.notna(record[covid_column])
-        rows.append(LabelRow(record[frame.columns[0]].strip(), covid, lesions_present))
+        extra = {
+            column.strip().lower(): str(record[column]).strip()
+            for column in extra_columns
+            if pd.notna(record[column])
+        }
+        rows.append(LabelRow(str(name).strip(), covid, lesions_present, extra))
     return rows
 
 
@@ -89,14 +126,8 @@ def _read_meta_info(path: Path) -> dict[str, tuple[str, str | None]]:
         if caption_text and caption_text.startswith("['") and caption_text.endswith("']"):
             caption_text = caption_text[2:-2].strip()
         # Some names in this file lack their extension, so entries are keyed by stem.
-        info[_image_stem(str(name).strip())] = (str(patient).strip(), caption_text or None)
+        info[image_stem(str(name).strip())] = (str(patient).strip(), caption_text or None)
     return info
-
-
-def _image_stem(file_name: str) -> str:
-    """Drop an image extension only; names such as `2020.03.25.20043166-p17-78` keep their dots."""
-    path = Path(file_name)
-    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else file_name
 
 
 def _source_of(file_name: str) -> str:
@@ -154,7 +185,7 @@ def read_release(release_dir: str | Path) -> list[ImportItem]:
                     f"but it lies in {folder}/"
                 )
             if label:
-                patient, caption = meta_info.get(_image_stem(path.name), (None, None))
+                patient, caption = meta_info.get(image_stem(path.name), (None, None))
                 if patient is None:
                     raise ValueError(f"{path}: COVID image missing from {META_INFO_FILE}")
                 patient_id = f"covid-ct:{patient}"

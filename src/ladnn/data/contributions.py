@@ -1,0 +1,207 @@
+"""Read contributed batches (a folder or zip with a metadata CSV) and single uploaded images.
+
+The contributor CSV schema is documented in `docs/data-format.md`: `file_name` and `label` are
+required (or `label` for the whole batch from the command line); lesion columns under any known
+spelling, `patient_id`, `source`, `negative_subtype`, `collected_on` and `caption` are optional.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from ladnn.data.encoding import read_csv_any_encoding
+from ladnn.data.importer import ImportItem
+from ladnn.data.lesions import UnknownLesionError, canonical_lesion
+from ladnn.data.sources import list_image_files, parse_collection_date, patient_group
+
+__all__ = [
+    "NEGATIVE_SUBTYPES",
+    "CONTRIBUTION_COLUMNS",
+    "parse_label",
+    "read_contribution",
+    "read_uploads",
+]
+
+logger = logging.getLogger(__name__)
+
+NEGATIVE_SUBTYPES = ("normal", "lung cancer", "nodule", "other pneumonia")
+CONTRIBUTION_COLUMNS = (
+    "file_name",
+    "label",
+    "patient_id",
+    "source",
+    "negative_subtype",
+    "collected_on",
+    "caption",
+)
+_LABELS = {"1": 1, "0": 0, "covid": 1, "covid-19": 1, "positive": 1, "negative": 0, "non-covid": 0}
+
+
+def parse_label(value: object, where: str) -> int:
+    text = str(value).strip().lower()
+    if text in _LABELS:
+        return _LABELS[text]
+    raise ValueError(f"{where}: invalid label {value!r}: expected 1/0, covid or negative")
+
+
+def _parse_lesion(value: object, where: str) -> int | None:
+    if value is None or pd.isna(value) or not str(value).strip():
+        return None
+    text = str(value).strip().lower()
+    if text in ("1", "1.0", "yes", "true"):
+        return 1
+    if text in ("0", "0.0", "no", "false"):
+        return 0
+    raise ValueError(f"{where}: invalid lesion value {value!r}: expected 1, 0 or empty (unknown)")
+
+
+def _find_csv(path: Path) -> Path | None:
+    folder = path if path.is_dir() else path.parent
+    candidates = sorted(folder.glob("*.csv"))
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _read_rows(csv_path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    frame, encoding = read_csv_any_encoding(csv_path)
+    frame.columns = [str(column).strip() for column in frame.columns]
+    logger.info("read %s (%s): %d rows", csv_path, encoding, len(frame))
+    if "file_name" not in frame.columns:
+        raise ValueError(f"{csv_path}: missing required column 'file_name'; columns are {list(frame.columns)}")
+    lesion_columns: dict[str, str] = {}
+    ignored = []
+    for column in frame.columns:
+        if column in CONTRIBUTION_COLUMNS:
+            continue
+        try:
+            lesion_columns[column] = canonical_lesion(column, source=str(csv_path))
+        except UnknownLesionError:
+            ignored.append(column)
+    if ignored:
+        logger.warning("%s: ignoring unknown column(s) %s", csv_path, ignored)
+    duplicated = frame[frame["file_name"].duplicated(keep=False)]
+    if not duplicated.empty:
+        conflicting = duplicated.drop_duplicates()
+        if conflicting["file_name"].duplicated().any():
+            names = sorted(set(conflicting.loc[conflicting["file_name"].duplicated(), "file_name"]))
+            raise ValueError(f"{csv_path}: conflicting rows for {names[:5]}")
+        frame = frame.drop_duplicates()
+    return frame, lesion_columns
+
+
+def read_contribution(
+    batch: str | Path,
+    *,
+    metadata: Path | None = None,
+    label: int | None = None,
+    source: str | None = None,
+    batch_id: str | None = None,
+) -> tuple[str, list[ImportItem]]:
+    """Return the batch id and items of a contributed folder or zip and its metadata CSV.
+
+    Rows are matched by `file_name`, as a path inside the batch or as a bare file name. An image
+    without a row takes `label` (an error when none is given) and has unknown lesions.
+    """
+    batch = Path(batch)
+    files = list_image_files(batch)
+    if not files:
+        raise ValueError(f"{batch}: no image files found")
+    csv_path = metadata or _find_csv(batch)
+    rows: dict[str, dict] = {}
+    lesion_columns: dict[str, str] = {}
+    if csv_path is not None:
+        frame, lesion_columns = _read_rows(csv_path)
+        for record in frame.to_dict("records"):
+            rows[str(record["file_name"]).strip()] = record
+    chosen_id = batch_id or f"contrib-{batch.stem}"
+    default_source = source or f"contribution {batch.name}"
+    today = datetime.now(UTC).date().isoformat()
+
+    items, missing_label, matched = [], [], set()
+    for source_file in files:
+        base = PurePosixPath(source_file.name).name
+        key = source_file.name if source_file.name in rows else base
+        record = rows.get(key)
+        where = f"{csv_path} ({key})" if record is not None else f"{batch}/{source_file.name}"
+        if record is not None:
+            matched.add(key)
+        raw_label = record.get("label") if record is not None else None
+        if raw_label is not None and not pd.isna(raw_label):
+            item_label = parse_label(raw_label, where)
+        elif label is not None:
+            item_label = label
+        else:
+            missing_label.append(source_file.name)
+            continue
+
+        def field_of(name: str, record: dict | None = record) -> str | None:
+            if record is None or name not in record or pd.isna(record[name]):
+                return None
+            return str(record[name]).strip() or None
+
+        lesions = {}
+        for column, code in lesion_columns.items():
+            value = _parse_lesion(record.get(column), where) if record is not None else None
+            if value is not None:
+                lesions[code] = value
+        subtype = field_of("negative_subtype")
+        if subtype is not None and subtype not in NEGATIVE_SUBTYPES:
+            raise ValueError(
+                f"{where}: invalid negative_subtype {subtype!r}: expected one of {list(NEGATIVE_SUBTYPES)}"
+            )
+        items.append(
+            ImportItem(
+                file_name=f"{batch.name}/{source_file.name}",
+                read_bytes=source_file.read_bytes,
+                label=item_label,
+                patient_id=field_of("patient_id") or f"{chosen_id}:{patient_group(base)}",
+                source=field_of("source") or default_source,
+                lesions=lesions,
+                negative_subtype=subtype,
+                collected_on=parse_collection_date(field_of("collected_on")) or today,
+                caption=field_of("caption"),
+            )
+        )
+    if missing_label:
+        raise ValueError(
+            f"{batch}: {len(missing_label)} image(s) have no label in the metadata and no batch label "
+            f"was given (--label): {missing_label[:5]}"
+        )
+    unmatched = set(rows) - matched
+    if unmatched:
+        logger.warning("%s: %d metadata row(s) match no image: %s", csv_path, len(unmatched), sorted(unmatched)[:5])
+    return chosen_id, items
+
+
+def read_uploads(
+    paths: list[Path],
+    *,
+    label: int,
+    patient_id: str | None = None,
+    source: str = "upload",
+    batch_id: str | None = None,
+) -> tuple[str, list[ImportItem]]:
+    """Items for single uploaded images; each upload is its own patient unless `patient_id` is given."""
+    today = datetime.now(UTC).date().isoformat()
+    chosen_id = batch_id or f"upload-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+    items = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"upload not found: {path}")
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        items.append(
+            ImportItem(
+                file_name=path.name,
+                read_bytes=lambda data=data: data,
+                label=label,
+                patient_id=patient_id or f"upload:{digest}",
+                source=source,
+                collected_on=today,
+            )
+        )
+    return chosen_id, items
