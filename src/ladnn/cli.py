@@ -218,6 +218,9 @@ def import_folder_command(
         str | None, typer.Option(help="Source for rows without one (DOI or URL).")
     ] = None,
     batch_id: Annotated[str | None, typer.Option(help="Batch id; default contrib-<name>.")] = None,
+    lesions_from_captions: Annotated[
+        bool, typer.Option(help="Label lesions of COVID rows without labels from their captions.")
+    ] = False,
 ) -> None:
     """Import a contributed folder or zip with a metadata CSV in the documented schema."""
     from ladnn.data.contributions import parse_label, read_contribution
@@ -231,6 +234,7 @@ def import_folder_command(
         label=batch_label,
         source=source,
         batch_id=batch_id,
+        lesions_from_captions=lesions_from_captions,
     )
     _run_import(state, chosen_id, items)
 
@@ -255,6 +259,28 @@ def import_upload_command(
         read_uploads, files, label=batch_label, patient_id=patient, source=source
     )
     _run_import(state, batch_id, items)
+
+
+@data_app.command("captions")
+def data_captions(
+    meta_info: Annotated[
+        Path | None,
+        typer.Option(
+            help="LA-DNN metadata file with captions and hand labels; default the release's."
+        ),
+    ] = None,
+) -> None:
+    """Measure the caption-to-lesion rules against LA-DNN's hand labels (precision, recall, F1)."""
+    from ladnn.data.captions import evaluate_extractor
+    from ladnn.workspace import default_datasets_dir
+
+    path = (
+        meta_info
+        or default_datasets_dir() / "covid-ct" / "lesion-labels" / "COVID-CT-MetaInfo_new.csv"
+    )
+    if not path.is_file():
+        _fail(f"metadata file not found: {path}")
+    console.print(evaluate_extractor(path).round(3).to_string(), markup=False)
 
 
 @data_app.command("diff")

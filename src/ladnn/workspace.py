@@ -14,11 +14,17 @@ DATASETS_ENV = "LADNN_DATASETS"
 
 
 def default_datasets_dir() -> Path:
-    """Folder of the public datasets: `$LADNN_DATASETS`, else `../shared/datasets` beside the cwd."""
+    """Folder of the public datasets: `$LADNN_DATASETS`, else `../shared/datasets` beside the current
+    folder, else beside the source checkout this package runs from."""
     configured = os.environ.get(DATASETS_ENV)
     if configured:
         return Path(configured).expanduser().resolve()
-    return (Path.cwd().parent / "shared" / "datasets").resolve()
+    beside_cwd = (Path.cwd().parent / "shared" / "datasets").resolve()
+    beside_checkout = (Path(__file__).resolve().parents[3] / "shared" / "datasets").resolve()
+    for candidate in (beside_cwd, beside_checkout):
+        if candidate.is_dir():
+            return candidate
+    return beside_cwd
 
 
 @dataclass(frozen=True)

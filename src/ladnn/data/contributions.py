@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from ladnn.data.captions import extract_lesions
 from ladnn.data.encoding import read_csv_any_encoding
 from ladnn.data.importer import ImportItem
 from ladnn.data.lesions import UnknownLesionError, canonical_lesion
@@ -71,7 +72,9 @@ def _read_rows(csv_path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     frame.columns = [str(column).strip() for column in frame.columns]
     logger.info("read %s (%s): %d rows", csv_path, encoding, len(frame))
     if "file_name" not in frame.columns:
-        raise ValueError(f"{csv_path}: missing required column 'file_name'; columns are {list(frame.columns)}")
+        raise ValueError(
+            f"{csv_path}: missing required column 'file_name'; columns are {list(frame.columns)}"
+        )
     lesion_columns: dict[str, str] = {}
     ignored = []
     for column in frame.columns:
@@ -100,11 +103,14 @@ def read_contribution(
     label: int | None = None,
     source: str | None = None,
     batch_id: str | None = None,
+    lesions_from_captions: bool = False,
 ) -> tuple[str, list[ImportItem]]:
     """Return the batch id and items of a contributed folder or zip and its metadata CSV.
 
     Rows are matched by `file_name`, as a path inside the batch or as a bare file name. An image
-    without a row takes `label` (an error when none is given) and has unknown lesions.
+    without a row takes `label` (an error when none is given) and has unknown lesions. With
+    `lesions_from_captions`, a COVID image that has a caption but no lesion label gets the lesions
+    that `ladnn.data.captions.extract_lesions` reads from its caption.
     """
     batch = Path(batch)
     files = list_image_files(batch)
@@ -148,6 +154,9 @@ def read_contribution(
             value = _parse_lesion(record.get(column), where) if record is not None else None
             if value is not None:
                 lesions[code] = value
+        caption = field_of("caption")
+        if lesions_from_captions and not lesions and caption and item_label == 1:
+            lesions = extract_lesions(caption)
         subtype = field_of("negative_subtype")
         if subtype is not None and subtype not in NEGATIVE_SUBTYPES:
             raise ValueError(
@@ -163,7 +172,7 @@ def read_contribution(
                 lesions=lesions,
                 negative_subtype=subtype,
                 collected_on=parse_collection_date(field_of("collected_on")) or today,
-                caption=field_of("caption"),
+                caption=caption,
             )
         )
     if missing_label:
@@ -173,7 +182,12 @@ def read_contribution(
         )
     unmatched = set(rows) - matched
     if unmatched:
-        logger.warning("%s: %d metadata row(s) match no image: %s", csv_path, len(unmatched), sorted(unmatched)[:5])
+        logger.warning(
+            "%s: %d metadata row(s) match no image: %s",
+            csv_path,
+            len(unmatched),
+            sorted(unmatched)[:5],
+        )
     return chosen_id, items
 
 
