@@ -1,37 +1,23 @@
-"""The `cycle` flow: import the release, check and version it, train LA-DNN, register the model."""
+"""The `cycle` flow: ingest one batch, check the images, train LA-DNN, register and review it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger, task
 
-from ladnn.config import LadnnCfg, load_config
-from ladnn.cycle import (
-    CycleSummary,
-    check_images,
-    data_root,
-    import_release,
-    register_run,
-)
-from ladnn.data.operations import BatchImport
+from ladnn.config import LadnnCfg
+from ladnn.continual import plan_training
+from ladnn.cycle import CycleSummary, check_images, data_root, register_run, release_dir
+from ladnn.data.operations import find_version
 from ladnn.data.store import DatasetStore
-from ladnn.data.versioning import DatasetVersion
+from ladnn.registry.workflow import open_registry
 from ladnn.tracking.store import tracking_uri_for
 from ladnn.training.run import TrainingRun, run_training
 from ladnn.workspace import Workspace
+from pipelines.common import resolve
+from pipelines.ingest import ingest_flow
+from pipelines.review import review_flow
 
 __all__ = ["cycle_flow"]
-
-
-@task(name="import-release", retries=1, retry_delay_seconds=5)
-def import_release_task(cfg: LadnnCfg, workspace: Workspace) -> BatchImport:
-    result = import_release(cfg, workspace, progress=False)
-    logger = get_run_logger()
-    logger.info(result.report.summary())
-    state = "created" if result.created else "reused unchanged"
-    logger.info("dataset version %s %s (%d images)", result.version.name, state, result.version.n_images)
-    return result
 
 
 @task(name="check-images")
@@ -41,12 +27,29 @@ def check_images_task(cfg: LadnnCfg) -> int:
     return count
 
 
-@task(name="train-ladnn")
+@task(name="train-ladnn", timeout_seconds=6 * 3600)
 def train_task(
-    cfg: LadnnCfg, workspace: Workspace, version: DatasetVersion, resume: bool, progress: bool
+    cfg: LadnnCfg, workspace: Workspace, dataset_version: str, resume: bool, progress: bool
 ) -> TrainingRun:
+    store = DatasetStore(data_root(cfg))
+    plan = plan_training(
+        cfg,
+        workspace,
+        store,
+        open_registry(cfg, workspace),
+        mode=cfg.continual.mode,
+        replay_fraction=cfg.continual.replay_fraction,
+    )
     run = run_training(
-        cfg, workspace, DatasetStore(data_root(cfg)), version, resume=resume, progress=progress
+        plan.cfg,
+        workspace,
+        store,
+        find_version(workspace, dataset_version),
+        resume=resume,
+        progress=progress,
+        initial_state=plan.initial_state,
+        train_ids=plan.train_ids,
+        extra_tags=plan.tags,
     )
     test = run.test.metrics
     get_run_logger().info(
@@ -66,36 +69,51 @@ def register_task(cfg: LadnnCfg, workspace: Workspace, run: TrainingRun) -> str:
     return version
 
 
-@flow(name="cycle", log_prints=False)
+@flow(name="cycle")
 def cycle_flow(
+    source: str | None = None,
     config_path: str | None = None,
     overrides: list[str] | None = None,
     profile: str | None = None,
     workspace: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    review: bool = True,
 ) -> CycleSummary:
-    """Run one whole cycle on the COVID-CT release with the resolved configuration.
-
-    Parameters: `config_path` (YAML file), `overrides` (`section.key=value` strings), `profile`
-    (short, cpu or paper), `workspace` (folder of all local state), `resume` (continue an
-    interrupted training run).
-    """
-    cfg = load_config(config_path, overrides or [], profile)
-    space = Workspace.resolve(Path(workspace) if workspace else None).ensure()
-    imported = import_release_task(cfg, space)
+    """Run one whole cycle for the batch at `source` (default: the COVID-CT release): ingest and
+    version it, check every image decodes, train the configured LA-DNN variant, register it, and
+    compare it with the champion (`review`), marking it challenger when its gates pass."""
+    cfg, space = resolve(config_path, overrides, profile, workspace)
+    batch = source or str(release_dir(cfg))
+    ingested = ingest_flow(
+        source=batch,
+        config_path=config_path,
+        overrides=overrides,
+        profile=profile,
+        workspace=str(space.root),
+    )
     check_images_task(cfg)
-    version = imported.version
-    run = train_task(cfg, space, version, resume, progress)
+    run = train_task(cfg, space, ingested["dataset_version"], resume, progress)
     model_version = register_task(cfg, space, run)
+    outcome = None
+    if review:
+        outcome = review_flow(
+            candidates=[model_version],
+            config_path=config_path,
+            overrides=overrides,
+            profile=profile,
+            workspace=str(space.root),
+        )
+    version = find_version(space, ingested["dataset_version"])
     return CycleSummary(
         dataset_version=version.name,
-        dataset_created=imported.created,
+        dataset_created=ingested["created"],
         n_images=version.n_images,
-        images_added=len(imported.report.added),
+        images_added=ingested["added"],
         run_id=run.run_id,
         model_name=cfg.tracking.registered_model,
         model_version=model_version,
         run=run,
         tracking_uri=tracking_uri_for(cfg, space),
+        review=outcome,
     )

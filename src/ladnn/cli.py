@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,12 @@ config_app = typer.Typer(help="Show the resolved configuration.", no_args_is_hel
 app.add_typer(import_app, name="import")
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
+flows_app = typer.Typer(help="Run and serve the Prefect flows.", no_args_is_help=True)
+app.add_typer(flows_app, name="flows")
+quarantine_app = typer.Typer(
+    help="List and release files that the data-validation gate rejected.", no_args_is_help=True
+)
+app.add_typer(quarantine_app, name="quarantine")
 
 console = Console()
 logger = logging.getLogger("ladnn")
@@ -105,6 +112,12 @@ def cycle(
     release: Annotated[
         Path | None, typer.Option(help="COVID-CT release folder; default $LADNN_DATASETS/covid-ct.")
     ] = None,
+    batch: Annotated[
+        Path | None,
+        typer.Option(
+            help="Batch to ingest instead of the release: LA-DNN dated batch or contributed folder."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run.")] = False,
 ) -> None:
     """Run one whole cycle: import, check, version, train, evaluate and register (a Prefect flow)."""
@@ -116,6 +129,7 @@ def cycle(
 
     try:
         summary = cycle_flow(
+            source=str(batch.resolve()) if batch else None,
             config_path=str(state.config_path) if state.config_path else None,
             overrides=[*state.overrides, *extra],
             profile=cfg.profile,
@@ -142,6 +156,10 @@ def _run_import(state: Context, batch_id: str, items: list) -> None:
         _fail(str(err))
     report = result.report
     console.print(report.summary())
+    if report.validation_id:
+        console.print(f"validation {report.validation_id}: {report.validation_dir}", markup=False)
+    for warning in report.warnings:
+        console.print(f"  warning: {warning}", markup=False)
     for name, existing in report.duplicates:
         console.print(f"  duplicate: {name} has the same pixels as {existing}")
     for _name, reason in report.rejected:
@@ -383,12 +401,14 @@ def models(ctx: typer.Context) -> None:
     state: Context = ctx.obj
     cfg = state.config()
     configure_mlflow(cfg, state.workspace)
+    _open_registry(state)
     client = MlflowClient()
     name = cfg.tracking.registered_model
     table = Table(
         "version",
         "aliases",
         "review",
+        "gates",
         "dataset",
         "backbone",
         "variant",
@@ -402,11 +422,235 @@ def models(ctx: typer.Context) -> None:
             str(version.version),
             ", ".join(version.aliases or []),
             tags.get("review_state", ""),
+            tags.get("gate_state", "-"),
             tags.get("dataset_version", ""),
             tags.get("backbone", ""),
             tags.get("variant", ""),
             f"{tags.get('test_auc', '')} {tags.get('test_auc_ci', '')}",
-            str(version.creation_timestamp),
+            datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).strftime(
+                "%Y-%m-%d %H:%M"
+            ),
+        )
+    console.print(table)
+
+
+def _flow_arguments(state: Context) -> dict:
+    return {
+        "config_path": str(state.config_path) if state.config_path else None,
+        "overrides": state.overrides,
+        "profile": state.profile,
+        "workspace": str(state.workspace.root),
+    }
+
+
+@flows_app.command("ingest")
+def flows_ingest(
+    ctx: typer.Context,
+    path: Annotated[
+        Path, typer.Argument(help="Batch: release folder, LA-DNN dated batch, or folder/zip.")
+    ],
+    label: Annotated[
+        str | None,
+        typer.Option(help="Label for contributed images without one: covid or negative."),
+    ] = None,
+) -> None:
+    """Run the ingest flow on one batch: import, validate, version, measure drift, emit events."""
+    from ladnn.data.contributions import parse_label
+    from pipelines.ingest import ingest_flow
+
+    batch_label = _read_or_fail(parse_label, label, "--label") if label is not None else None
+    try:
+        result = ingest_flow(
+            source=str(path.resolve()), label=batch_label, **_flow_arguments(ctx.obj)
+        )
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(result)
+
+
+@flows_app.command("retrain")
+def flows_retrain(
+    ctx: typer.Context,
+    dataset_version: Annotated[str, typer.Option(help="Dataset version to train on.")] = "latest",
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Variant as backbone:variant, e.g. resnet18:baseline; repeat for several."
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="scratch (ImageNet start, all data) or finetune (champion, new data + replay)."
+        ),
+    ] = None,
+    review: Annotated[bool, typer.Option(help="Run the review flow on the candidates.")] = True,
+) -> None:
+    """Run the retrain flow: train variants, register each, then review the best."""
+    from pipelines.retrain import retrain_flow
+
+    try:
+        result = retrain_flow(
+            dataset_version=dataset_version,
+            variants=variant,
+            mode=mode,
+            review=review,
+            **_flow_arguments(ctx.obj),
+        )
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(result)
+
+
+@flows_app.command("review")
+def flows_review(
+    ctx: typer.Context,
+    candidates: Annotated[list[str], typer.Argument(help="Candidate model versions.")],
+    wait: Annotated[
+        bool, typer.Option(help="Pause until a reviewer answers in the Prefect UI, then apply it.")
+    ] = False,
+) -> None:
+    """Run the review flow: compare the best candidate with the champion and apply the gates."""
+    from pipelines.review import review_flow
+
+    try:
+        result = review_flow(
+            candidates=candidates, wait_for_decision=wait, **_flow_arguments(ctx.obj)
+        )
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(result)
+
+
+@flows_app.command("serve")
+def flows_serve(
+    ctx: typer.Context,
+    inbox_interval: Annotated[
+        float, typer.Option(help="Seconds between scans of <workspace>/inbox/.")
+    ] = 60.0,
+) -> None:
+    """Serve the deployments (inbox schedule, retrain on new dataset versions) against the Prefect
+    server at $PREFECT_API_URL; start one with `prefect server start`."""
+    from pipelines.serve import serve_flows
+
+    state: Context = ctx.obj
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail(
+            "PREFECT_API_URL is not set: start a server (`prefect server start`) and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api, so deployments and their runs persist"
+        )
+    (state.workspace.root / "inbox").mkdir(parents=True, exist_ok=True)
+    console.print(f"serving flows; drop batches into {state.workspace.root / 'inbox'}")
+    serve_flows(str(state.workspace.root), inbox_interval, state.overrides)
+
+
+def _open_registry(state: Context):
+    from ladnn.registry.workflow import open_registry
+
+    return open_registry(state.config(), state.workspace)
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    candidate: Annotated[str, typer.Argument(help="Candidate model version.")],
+    champion: Annotated[
+        str | None, typer.Argument(help="Version to compare with; default the champion.")
+    ] = None,
+    propose: Annotated[
+        bool, typer.Option(help="Mark the candidate challenger when its gates pass.")
+    ] = True,
+) -> None:
+    """Compare a candidate with the champion on the same frozen test images and apply the gates."""
+    from ladnn.cycle import data_root
+    from ladnn.data.store import DatasetStore
+    from ladnn.registry.review import ReviewError
+    from ladnn.registry.workflow import compare_versions
+
+    state: Context = ctx.obj
+    cfg = state.config()
+    try:
+        report, markdown = compare_versions(
+            cfg, state.workspace, DatasetStore(data_root(cfg)), candidate, champion, propose=propose
+        )
+    except (ReviewError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    console.print(markdown, markup=False)
+    if report.gates_passed:
+        console.print(
+            f"gates passed; version {candidate} is the challenger" if propose else "gates passed"
+        )
+    else:
+        console.print(f"gates failed; version {candidate} can be promoted only with --override")
+
+
+def _review_action(action, *args, **kwargs) -> None:
+    from ladnn.registry.audit import ConcurrentReviewError
+    from ladnn.registry.review import ReviewError
+
+    try:
+        event = action(*args, **kwargs)
+    except (ReviewError, ConcurrentReviewError) as err:
+        _fail(str(err))
+    console.print(
+        f"#{event.seq} {event.action}: {event.from_version or '-'} -> {event.to_version or '-'} "
+        f"by {event.reviewer} ({event.created_at})"
+    )
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Model version to make champion.")],
+    reviewer: Annotated[str, typer.Option(help="Name of the reviewer who approves.")],
+    reason: Annotated[str, typer.Option(help="Why the version is approved.")],
+    override: Annotated[
+        bool, typer.Option(help="Promote although gates failed or are missing; recorded.")
+    ] = False,
+) -> None:
+    """Make a version the champion after review; the decision goes to the audit log."""
+    registry = _open_registry(ctx.obj)
+    _review_action(registry.promote, version, reviewer=reviewer, reason=reason, override=override)
+
+
+@app.command()
+def reject(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Model version to reject.")],
+    reviewer: Annotated[str, typer.Option(help="Name of the reviewer who rejects.")],
+    reason: Annotated[str, typer.Option(help="Why the version is rejected.")],
+) -> None:
+    """Record a reviewer's rejection of a candidate."""
+    registry = _open_registry(ctx.obj)
+    _review_action(registry.reject, version, reviewer=reviewer, reason=reason)
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    reviewer: Annotated[str, typer.Option(help="Name of the reviewer who rolls back.")],
+    reason: Annotated[str, typer.Option(help="Why the champion is rolled back.")],
+) -> None:
+    """Move the champion back to the version it replaced; audited."""
+    registry = _open_registry(ctx.obj)
+    _review_action(registry.rollback, reviewer=reviewer, reason=reason)
+
+
+@app.command()
+def audit(ctx: typer.Context) -> None:
+    """Print the audit log of review decisions."""
+    registry = _open_registry(ctx.obj)
+    table = Table("#", "when", "action", "from", "to", "reviewer", "reason", "comparison")
+    for event in registry.audit.events(registry.name):
+        table.add_row(
+            str(event.seq),
+            event.created_at,
+            event.action + (" (override)" if event.details.get("override") else ""),
+            event.from_version or "-",
+            event.to_version or "-",
+            event.reviewer,
+            event.reason,
+            event.comparison or "-",
         )
     console.print(table)
 
@@ -420,6 +664,453 @@ def config_show(ctx: typer.Context) -> None:
     except ValueError as err:
         _fail(str(err))
     console.print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), markup=False)
+
+
+def _load_model_or_fail(state: Context, version: str | None = None, run_id: str | None = None):
+    """Load the requested model, else `champion`, else the latest version; exit 1 if none."""
+    from ladnn.evaluation.registered import ModelNotFoundError, load_model
+
+    try:
+        return load_model(state.config(), state.workspace, version=version, run_id=run_id)
+    except (ModelNotFoundError, ValueError) as err:
+        _fail(str(err))
+
+
+def _image_error(path: Path, err: Exception) -> str:
+    """One line naming the file and why it could not be used."""
+    if isinstance(err, OSError):
+        return f"{path}: cannot read file ({err.strerror or err})"
+    message = str(err)
+    return message if message.startswith(str(path)) else f"{path}: {message}"
+
+
+def _number(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3f}"
+
+
+_MODEL_VERSION_HELP = "Registered model version; default the champion, else the latest version."
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    model_version: Annotated[
+        str | None, typer.Option("--model-version", help=_MODEL_VERSION_HELP)
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="MLflow run whose logged model to evaluate instead."),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="Split to evaluate: test, val, train or all.")
+    ] = "test",
+    dataset_version: Annotated[
+        str | None,
+        typer.Option(help="Dataset version whose rows to use, e.g. v2; default the current data."),
+    ] = None,
+) -> None:
+    """Evaluate a model on one split: metrics with a 95% CI, calibration and per-slice metrics."""
+    from ladnn.cycle import data_root
+    from ladnn.data.store import DatasetStore
+    from ladnn.evaluation.registered import evaluate_split, select_split
+
+    state: Context = ctx.obj
+    cfg = state.config()
+    if model_version is not None and run_id is not None:
+        _fail("give either --model-version or --run-id, not both")
+    store = DatasetStore(data_root(cfg))
+    try:
+        frame, source = select_split(store, state.workspace, split, dataset_version)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    loaded = _load_model_or_fail(state, model_version, run_id)
+    evaluation = evaluate_split(
+        loaded,
+        store,
+        frame,
+        split,
+        state.workspace.cache_dir,
+        n_resamples=cfg.eval.bootstrap,
+        seed=cfg.eval.seed,
+    )
+
+    metrics = evaluation.result.metrics
+    positives = int(frame["label"].sum())
+    console.print(f"model: {loaded.description}", markup=False, soft_wrap=True)
+    console.print(
+        f"data: split {split} of the {source}: {len(frame)} images ({positives} COVID, "
+        f"{len(frame) - positives} negative); the model was trained on dataset "
+        f"{loaded.spec.get('dataset_version', 'unknown')}",
+        markup=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"threshold {loaded.threshold:.3f} (frozen on the validation split at training)",
+        soft_wrap=True,
+    )
+    table = Table("metric", "value")
+    table.add_row(
+        "AUC (95% CI)",
+        f"{_number(metrics['auc'])} ({_number(metrics['auc_ci_low'])}-"
+        f"{_number(metrics['auc_ci_high'])})",
+    )
+    for key, label in (
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+        ("precision", "precision"),
+        ("f1", "F1"),
+        ("accuracy", "accuracy"),
+        ("sensitivity_at_90_specificity", "sensitivity at 90% specificity"),
+        ("sensitivity_at_95_specificity", "sensitivity at 95% specificity"),
+        ("ece", "ECE (10 bins)"),
+    ):
+        table.add_row(label, _number(metrics[key]))
+    table.add_row(
+        "TP / FP / TN / FN",
+        f"{metrics['tp']} / {metrics['fp']} / {metrics['tn']} / {metrics['fn']}",
+    )
+    for key, value in metrics.items():
+        if key.startswith("lesion_"):
+            table.add_row(f"{key.removeprefix('lesion_').removesuffix('_auc')} AUC", _number(value))
+    console.print(table)
+
+    console.print("Metrics per slice (AUC is n/a for a slice with one class):")
+    console.print(
+        evaluation.slices.to_string(index=False, na_rep="n/a", float_format="{:.3f}".format),
+        markup=False,
+        soft_wrap=True,
+    )
+    for note in evaluation.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def explain(
+    ctx: typer.Context,
+    image: Annotated[Path, typer.Argument(help="Image file (PNG, JPEG, ...).")],
+    model_version: Annotated[
+        str | None, typer.Option("--model-version", help=_MODEL_VERSION_HELP)
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the overlay PNGs; default ./gradcam/<image name>."),
+    ] = None,
+) -> None:
+    """Write Grad-CAM++ overlays of the COVID-19 output and each lesion output for one image."""
+    from ladnn.evaluation.explain import explain_image, save_overlays
+    from ladnn.evaluation.registered import diagnose_image
+
+    state: Context = ctx.obj
+    loaded = _load_model_or_fail(state, model_version)
+    try:
+        diagnosis = diagnose_image(loaded, image)
+        explanation = explain_image(
+            loaded.model,
+            loaded.backbone_spec,
+            image,
+            image_size=int(loaded.spec["image_size"]),
+        )
+    except (OSError, ValueError) as err:
+        _fail(_image_error(image, err))
+    folder = output or Path("gradcam") / image.name
+    paths = save_overlays(explanation, folder)
+    console.print(f"model: {loaded.description}", markup=False, soft_wrap=True)
+    decision = "COVID-19 positive" if diagnosis.positive else "negative"
+    console.print(
+        f"{image}: COVID-19 probability {diagnosis.covid_probability:.3f} -> {decision} "
+        f"at threshold {loaded.threshold:.3f}",
+        markup=False,
+        soft_wrap=True,
+    )
+    for name, path in paths.items():
+        console.print(
+            f"  {name:<9} probability {diagnosis.probabilities[name]:.3f}  overlay {path}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+@app.command()
+def diagnose(
+    ctx: typer.Context,
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...).")],
+    model_version: Annotated[
+        str | None, typer.Option("--model-version", help=_MODEL_VERSION_HELP)
+    ] = None,
+) -> None:
+    """Print each image's COVID-19 probability, decision and lesion probabilities.
+
+    A file that cannot be read or decoded gets a one-line error and the others are still scored;
+    the exit code is then 1.
+    """
+    from ladnn.evaluation.registered import diagnose_image, lesion_names
+
+    state: Context = ctx.obj
+    loaded = _load_model_or_fail(state, model_version)
+    console.print(
+        f"model: {loaded.description}, threshold {loaded.threshold:.3f}",
+        markup=False,
+        soft_wrap=True,
+    )
+    lesions = lesion_names(loaded)
+    failed = 0
+    for path in images:
+        try:
+            diagnosis = diagnose_image(loaded, path)
+        except (OSError, ValueError) as err:
+            failed += 1
+            console.print(f"error: {_image_error(path, err)}", markup=False, soft_wrap=True)
+            continue
+        decision = "COVID-19 positive" if diagnosis.positive else "negative"
+        lesion_text = (
+            ", ".join(f"{name} {diagnosis.probabilities[name]:.3f}" for name in lesions)
+            if lesions
+            else "none (baseline model without a lesion head)"
+        )
+        console.print(
+            f"{path}: COVID-19 probability {diagnosis.covid_probability:.3f} -> {decision}; "
+            f"lesion probabilities: {lesion_text}",
+            markup=False,
+            soft_wrap=True,
+        )
+    if failed:
+        console.print(f"{failed} of {len(images)} image(s) failed", soft_wrap=True)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def validate(
+    ctx: typer.Context,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Release folder, LA-DNN dated batch folder or zip, or contributed folder or zip."
+        ),
+    ],
+    kind: Annotated[
+        str, typer.Option(help="Batch layout: auto, release, ladnn-batch or folder.")
+    ] = "auto",
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="Label for contributed images without one in the CSV: covid or negative."
+        ),
+    ] = None,
+    max_rejected: Annotated[
+        float,
+        typer.Option(help="Maximum fraction (0-1) of rejected rows before the whole batch fails."),
+    ] = 0.5,
+) -> None:
+    """Run the data-validation gate on a batch without importing it; print the verdict, the
+    rejected files with their reasons, the warnings and where the Data Docs are.
+
+    Exits with code 1 when a batch-level check fails, so the batch would not be imported.
+    """
+    from ladnn.cycle import data_root
+    from ladnn.data.contributions import parse_label
+    from ladnn.data.importer import validate_items
+    from ladnn.data.layouts import read_batch
+    from ladnn.data.store import DatasetStore
+    from ladnn.validation import ValidationSettings
+
+    state: Context = ctx.obj
+    batch_label = _read_or_fail(parse_label, label, "--label") if label is not None else None
+    batch_id, items = _read_or_fail(read_batch, path, kind, label=batch_label)
+    try:
+        result = validate_items(
+            items,
+            DatasetStore(data_root(state.config())),
+            batch_id,
+            validation_dir=state.workspace.validation_dir,
+            settings=ValidationSettings(max_rejected_fraction=max_rejected),
+            progress=sys.stderr.isatty(),
+        )
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(result.summary(), markup=False, soft_wrap=True)
+    console.print(f"result: {result.directory / 'result.json'}", markup=False, soft_wrap=True)
+    if result.docs_path is not None:
+        console.print(f"Data Docs: {result.docs_path}", markup=False, soft_wrap=True)
+    if not result.success:
+        raise typer.Exit(code=1)
+
+
+@quarantine_app.command("list")
+def quarantine_list(ctx: typer.Context) -> None:
+    """List quarantined files with their batch, file name and reasons."""
+    from ladnn.validation import list_quarantine
+
+    state: Context = ctx.obj
+    entries = list_quarantine(state.workspace.quarantine_dir)
+    for entry in entries:
+        lines = [
+            entry.entry_id,
+            f"  batch {entry.batch_id}, file {entry.file_name}, "
+            f"validation {entry.record.get('validation_id') or '-'}",
+            *(f"  - {reason['expectation']}: {reason['detail']}" for reason in entry.reasons),
+        ]
+        console.print("\n".join(lines), markup=False, soft_wrap=True)
+    console.print(
+        f"{len(entries)} quarantined file(s) in {state.workspace.quarantine_dir}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@quarantine_app.command("release")
+def quarantine_release(
+    ctx: typer.Context,
+    entry_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Quarantine id as `ladnn quarantine list` shows it.")
+    ],
+) -> None:
+    """Validate a fixed quarantined file again and import it if it now passes.
+
+    Fix the file by replacing it in the quarantine folder, or its fields by editing `item` in its
+    `.reason.json`, before releasing it.
+    """
+    from ladnn.cycle import data_root
+    from ladnn.data.operations import ImportLockedError
+    from ladnn.validation import release_entry
+
+    state: Context = ctx.obj
+    try:
+        outcome = release_entry(data_root(state.config()), state.workspace, entry_id)
+    except (FileNotFoundError, ValueError, ImportLockedError) as err:
+        _fail(str(err))
+    report = outcome.result.report
+    if not outcome.released:
+        console.print(f"{entry_id} still fails validation {report.validation_id}:", markup=False)
+        for _name, reason in report.rejected:
+            console.print(f"  {reason}", markup=False, soft_wrap=True)
+        raise typer.Exit(code=1)
+    version = outcome.result.version
+    what = "imported" if report.added else "already in the dataset"
+    console.print(
+        f"released {entry_id}: {what}; dataset version {version.name} "
+        f"({'new' if outcome.result.created else 'unchanged'}), validation {report.validation_id}",
+        markup=False,
+    )
+
+
+dashboard_app = typer.Typer(
+    help="Start the Streamlit dashboard, or manage its users.", invoke_without_command=True
+)
+app.add_typer(dashboard_app, name="dashboard")
+
+
+def _checkout_root() -> Path:
+    """The source checkout holding `dashboards/`; the dashboard is not part of the wheel."""
+    import ladnn
+
+    return Path(ladnn.__file__).resolve().parents[2]
+
+
+def _dashboard_auth():
+    root = _checkout_root()
+    if not (root / "dashboards" / "auth.py").is_file():
+        _fail(f"the dashboard is not in {root / 'dashboards'}: run ladnn from a source checkout")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from dashboards import auth
+
+    return auth
+
+
+@dashboard_app.callback()
+def dashboard(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="TCP port to serve on.")] = 8501,
+    address: Annotated[
+        str, typer.Option(help="Address to bind; the default serves this machine only.")
+    ] = "localhost",
+) -> None:
+    """Serve the dashboard on http://ADDRESS:PORT, reading this workspace and configuration."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+    import subprocess
+
+    from ladnn.cycle import data_root
+
+    state: Context = ctx.obj
+    cfg = state.config()
+    script = _checkout_root() / "dashboards" / "app.py"
+    if not script.is_file():
+        _fail(f"dashboard script not found at {script}: run ladnn from a source checkout")
+    auth = _dashboard_auth()
+    users_file = auth.users_file_path(state.workspace.root)
+    if not users_file.is_file():
+        console.print(
+            f"no dashboard users in {users_file}: add one with "
+            "`ladnn dashboard add-user NAME --role reviewer`",
+            markup=False,
+        )
+    environment = {
+        **os.environ,
+        WORKSPACE_ENV: str(state.workspace.root),
+        "LADNN_CONFIG": str(state.config_path.resolve()) if state.config_path else "",
+        "LADNN_PROFILE": state.profile or "",
+        # The data root is resolved here, so the dashboard does not depend on its working folder.
+        "LADNN_OVERRIDES": json.dumps([*state.overrides, f"data.root={data_root(cfg)}"]),
+        "LADNN_DASHBOARD_USERS": str(users_file),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    console.print(f"dashboard: http://{address}:{port} (Ctrl+C stops it)", markup=False)
+    try:
+        result = subprocess.run(command, env=environment, check=False)
+    except KeyboardInterrupt:
+        return
+    if result.returncode != 0:
+        raise typer.Exit(code=result.returncode)
+
+
+@dashboard_app.command("add-user")
+def dashboard_add_user(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="User name for signing in.")],
+    role: Annotated[
+        str, typer.Option(help="reviewer (may approve, reject, roll back) or analyst (read-only).")
+    ],
+    replace: Annotated[
+        bool, typer.Option(help="Change the role and password of an existing user.")
+    ] = False,
+) -> None:
+    """Add a dashboard user to $LADNN_DASHBOARD_USERS or <workspace>/dashboard-users.yaml.
+
+    The password is read from a hidden prompt and stored as a salted scrypt hash.
+    """
+    auth = _dashboard_auth()
+    if role not in auth.ROLES:
+        _fail(f"invalid role {role!r}: expected one of {list(auth.ROLES)}")
+    state: Context = ctx.obj
+    path = auth.users_file_path(state.workspace.root)
+    try:
+        exists = name in auth.load_users(path)
+    except auth.UsersFileError as err:
+        _fail(str(err))
+    if exists and not replace:
+        _fail(f"user {name!r} already exists in {path}; pass --replace to change it")
+    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        existed = auth.add_user(path, name, role, password, replace=replace)
+    except auth.UsersFileError as err:
+        _fail(str(err))
+    console.print(f"{'updated' if existed else 'added'} {role} {name} in {path}", markup=False)
 
 
 if __name__ == "__main__":

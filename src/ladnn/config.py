@@ -15,6 +15,9 @@ import yaml
 __all__ = [
     "DataCfg",
     "EvalCfg",
+    "GatesCfg",
+    "DriftCfg",
+    "ContinualCfg",
     "LadnnCfg",
     "LossCfg",
     "ModelCfg",
@@ -73,6 +76,9 @@ class TrainCfg:
     translate: float = 0.05
     # Maximum relative change of contrast and of brightness.
     intensity_jitter: float = 0.1
+    # Decay of an exponential moving average of the weights, which is then what gets validated
+    # and kept; 0 disables it.
+    ema_decay: float = 0.0
     # Stop after this many epochs without a better validation AUC; 0 disables early stopping.
     patience: int = 0
     seed: int = 0
@@ -86,9 +92,41 @@ class TrainCfg:
 class EvalCfg:
     # How the decision threshold is chosen on the validation split before it is frozen.
     threshold_rule: Literal["youden", "fixed"] = "youden"
+    # Average the probabilities of each image and its horizontal mirror.
+    tta: bool = False
     fixed_threshold: float = 0.5
     bootstrap: int = 1000
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class GatesCfg:
+    # The candidate's test AUC may fall below the champion's (paired, same images) by at most this.
+    max_auc_drop: float = 0.02
+    # The candidate's sensitivity at its frozen threshold must be at least this.
+    min_sensitivity: float = 0.80
+    # No earlier batch's test AUC may fall by more than this (batches with both classes only).
+    max_batch_auc_drop: float = 0.05
+
+
+@dataclass(frozen=True)
+class DriftCfg:
+    # Kolmogorov-Smirnov distance above which an image or score statistic counts as drifted.
+    ks_threshold: float = 0.3
+    # Cosine distance between mean champion embeddings above which a batch counts as drifted.
+    embedding_threshold: float = 0.05
+
+
+@dataclass(frozen=True)
+class ContinualCfg:
+    # "scratch": retrain from ImageNet weights on all data; "finetune": start from the champion
+    # and train on the new images plus a replay sample of the old ones.
+    mode: Literal["scratch", "finetune"] = "scratch"
+    replay_fraction: float = 0.3
+    # Variants a retraining trains, as "backbone:variant"; empty means the model section's one.
+    variants: tuple[str, ...] = ()
+    # Variants trained at the same time by the retrain flow's task runner.
+    max_parallel: int = 1
 
 
 @dataclass(frozen=True)
@@ -97,6 +135,8 @@ class TrackingCfg:
     tracking_uri: str = ""
     experiment: str = "ladnn"
     registered_model: str = "ladnn"
+    # SQLAlchemy URL of the review audit log; empty means the tracking store's own database.
+    audit_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,11 +147,23 @@ class LadnnCfg:
     loss: LossCfg = field(default_factory=LossCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    gates: GatesCfg = field(default_factory=GatesCfg)
+    drift: DriftCfg = field(default_factory=DriftCfg)
+    continual: ContinualCfg = field(default_factory=ContinualCfg)
     tracking: TrackingCfg = field(default_factory=TrackingCfg)
 
 
 def config_to_dict(cfg: LadnnCfg) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The configuration as plain YAML- and JSON-safe values (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, tuple | list):
+            return [plain(item) for item in value]
+        return value
+
+    return plain(dataclasses.asdict(cfg))
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -135,6 +187,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if text in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"invalid value {value!r} for {where}: expected true or false")
+    if typing.get_origin(annotation) is tuple:
+        items = value if isinstance(value, list | tuple) else [part for part in str(value).split(",") if part]
+        return tuple(str(item).strip() for item in items)
     if annotation in (int, float, str):
         try:
             return annotation(value)

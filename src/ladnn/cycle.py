@@ -118,6 +118,25 @@ class CycleSummary:
     model_version: str
     run: TrainingRun
     tracking_uri: str
+    # Outcome of the comparison with the champion: None when the review step did not run.
+    review: dict | None = None
+
+
+def _review_lines(summary: CycleSummary) -> list[str]:
+    if summary.review is None:
+        return []
+    against = (
+        f"champion v{summary.review['champion']}"
+        if summary.review["champion"]
+        else "no champion yet"
+    )
+    if summary.review["gates_passed"]:
+        return [
+            f"Compared with {against}: gates passed, version {summary.model_version} is the challenger",
+            f"  approve: ladnn promote {summary.model_version} --reviewer NAME --reason TEXT",
+        ]
+    failed = [name for name, passed, _ in summary.review["gates"] if not passed]
+    return [f"Compared with {against}: gates failed ({', '.join(failed)}); not proposed"]
 
 
 def format_summary(summary: CycleSummary) -> str:
@@ -140,6 +159,7 @@ def format_summary(summary: CycleSummary) -> str:
         f"  accuracy     {test['accuracy']:.3f}",
         f"Registered model {summary.model_name} version {summary.model_version} "
         f"(review state: pending), MLflow run {summary.run_id}",
+        *_review_lines(summary),
         "Next:",
         f"  mlflow ui --backend-store-uri {summary.tracking_uri}",
         "  ladnn models          # list registered versions",

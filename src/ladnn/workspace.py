@@ -45,6 +45,7 @@ class Workspace:
             self.dvc_cache,
             self.prefect_home,
             self.quarantine_dir,
+            self.validation_dir,
             self.cache_dir,
             self.checkpoints_dir,
             self.datasets_dir,
@@ -80,6 +81,11 @@ class Workspace:
     @property
     def quarantine_dir(self) -> Path:
         return self.root / "quarantine"
+
+    @property
+    def validation_dir(self) -> Path:
+        """Validation results, each with its Data Docs, and the cached image metrics of the dataset."""
+        return self.root / "validation"
 
     @property
     def cache_dir(self) -> Path:

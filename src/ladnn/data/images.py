@@ -28,6 +28,15 @@ class NormalisedImage:
     original_format: str
     width: int
     height: int
+    # The decoded file before EXIF orientation and mode conversion: size, bands, bits per sample.
+    original_width: int = 0
+    original_height: int = 0
+    original_channels: int = 0
+    original_bit_depth: int = 0
+
+
+# Bits per sample of Pillow modes; every mode not listed here stores 8 bits per band.
+_MODE_BIT_DEPTHS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -81,6 +90,8 @@ def normalise_image(data: bytes, name: str) -> NormalisedImage:
             with Image.open(io.BytesIO(data)) as opened:
                 original_format = opened.format or "unknown"
                 original_mode = opened.mode
+                original_size = opened.size
+                original_channels = len(opened.getbands())
                 if opened.width * opened.height > MAX_PIXELS:
                     raise ImageDecodeError(
                         f"{name}: declared size {opened.width}x{opened.height} exceeds the limit "
@@ -105,6 +116,10 @@ def normalise_image(data: bytes, name: str) -> NormalisedImage:
         original_format=original_format,
         width=rgb.width,
         height=rgb.height,
+        original_width=original_size[0],
+        original_height=original_size[1],
+        original_channels=original_channels,
+        original_bit_depth=_MODE_BIT_DEPTHS.get(original_mode, 8),
     )
 
 

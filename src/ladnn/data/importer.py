@@ -1,13 +1,14 @@
-"""Turn a batch of source images with their labels into canonical rows of the dataset."""
+"""Turn a batch of source images with their labels into canonical rows of the dataset.
+
+`import_items` decodes every file while measuring it (`decode_batch`), runs the data-validation
+gate over the batch's metrics table, quarantines the rows the gate rejects and commits the rest.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +18,27 @@ from ladnn.data.images import ImageDecodeError, encode_png, normalise_image
 from ladnn.data.lesions import LESIONS
 from ladnn.data.schema import SPLITS, coerce_metadata
 from ladnn.data.splits import split_for_patient
-from ladnn.data.store import DatasetStore, atomic_write_bytes
+from ladnn.data.store import DatasetStore
+from ladnn.validation.gate import BatchValidationError, validate_batch
+from ladnn.validation.image_metrics import (
+    REFERENCE_CACHE_NAME,
+    build_metrics_table,
+    load_reference_metrics,
+    measure_decoded,
+    measure_undecodable,
+)
+from ladnn.validation.quarantine import item_fields, quarantine_file
+from ladnn.validation.results import ValidationResult
+from ladnn.validation.suite import ValidationSettings
 
-__all__ = ["ImportItem", "ImportReport", "import_items"]
+__all__ = [
+    "ImportItem",
+    "ImportReport",
+    "DecodedBatch",
+    "decode_batch",
+    "import_items",
+    "validate_items",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +70,11 @@ class ImportReport:
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     # (file name, reason)
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    # The data-validation gate's run over this batch and its warnings, one line each.
+    validation_id: str | None = None
+    validation_dir: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    validation: ValidationResult | None = field(default=None, repr=False, compare=False)
 
     @property
     def changed(self) -> bool:
@@ -63,22 +87,149 @@ class ImportReport:
         )
 
 
-def _quarantine(
-    quarantine_dir: Path | None, batch_id: str, item: ImportItem, data: bytes, reason: str
-):
-    if quarantine_dir is None:
-        return
-    folder = quarantine_dir / batch_id
-    # The content hash keeps two rejected files of the same name apart.
-    stem = f"{hashlib.sha256(data).hexdigest()[:12]}-{Path(item.file_name).name}"
-    atomic_write_bytes(folder / stem, data)
-    record = {
+@dataclass
+class DecodedBatch:
+    """A decoded batch before validation: the metrics table (one row per input file, `row` being
+    the position in `items`) and, for each candidate row, its metadata row and canonical PNG."""
+
+    batch_id: str
+    items: list[ImportItem]
+    table: pd.DataFrame
+    rows: dict[int, dict]
+    pngs: dict[int, bytes]
+    report: ImportReport
+
+
+def _metadata_row(item: ImportItem, batch_id: str, image_id: str | None, split: str | None) -> dict:
+    row = {
+        "image_id": image_id,
         "file_name": item.file_name,
+        "label": int(item.label),
+        "patient_id": item.patient_id,
+        "source": item.source,
+        "negative_subtype": item.negative_subtype,
         "batch_id": batch_id,
-        "reason": reason,
-        "quarantined_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "collected_on": item.collected_on,
+        "caption": item.caption,
+        "split": split,
     }
-    atomic_write_bytes(folder / f"{stem}.reason.json", json.dumps(record, indent=2).encode())
+    for lesion in LESIONS:
+        row[lesion] = item.lesions.get(lesion, pd.NA)
+    return row
+
+
+def decode_batch(
+    items: Iterable[ImportItem],
+    store: DatasetStore,
+    batch_id: str,
+    *,
+    encode: bool = True,
+    progress: bool = True,
+) -> DecodedBatch:
+    """Decode and measure every file, assign splits and sort out what the dataset already has.
+
+    With `encode` False, no canonical PNG is encoded (`pngs` stays empty), which is enough for
+    validating without importing.
+
+    Outcomes in the table:
+
+    - `undecodable`;
+    - `already_present`: same pixels and file name as a dataset image;
+    - `duplicate`: same pixels as a dataset image of the same patient and split, or as an earlier
+      file of the batch;
+    - `conflicting_duplicate`: same pixels as a dataset image of another patient or split, which
+      the gate rejects;
+    - `candidate`: new to the dataset.
+
+    A lesion name outside the five codes becomes a column of its own, which the gate's
+    batch-level checks reject.
+    """
+    existing = store.read_metadata()
+    known = existing.set_index("image_id")
+    known_splits = dict(zip(existing["patient_id"], existing["split"], strict=True))
+    report = ImportReport(batch_id=batch_id)
+    records: list[dict] = []
+    rows: dict[int, dict] = {}
+    pngs: dict[int, bytes] = {}
+    batch_names: dict[str, str] = {}
+
+    items = list(items)
+    for position, item in enumerate(
+        tqdm(items, desc=f"import {batch_id}", unit="img", disable=not progress)
+    ):
+        data = item.read_bytes()
+        unknown_lesions = {
+            name: value for name, value in item.lesions.items() if name not in LESIONS
+        }
+        record = {"row": position, **unknown_lesions}
+        try:
+            normalised = normalise_image(data, item.file_name)
+        except ImageDecodeError as err:
+            logger.warning("undecodable: %s", err)
+            meta = _metadata_row(item, batch_id, None, None)
+            measured = measure_undecodable(str(err), len(data))
+            records.append({**meta, **record, "outcome": "undecodable", **measured})
+            continue
+
+        image_id = normalised.image_id
+        split = (
+            known_splits.get(item.patient_id) or item.split or split_for_patient(item.patient_id)
+        )
+        outcome = "candidate"
+        if image_id in known.index:
+            match = known.loc[image_id]
+            if match["file_name"] == item.file_name:
+                outcome = "already_present"
+                report.already_present.append(item.file_name)
+            else:
+                same_owner = (match["patient_id"], match["split"]) == (item.patient_id, split)
+                outcome = "duplicate" if same_owner else "conflicting_duplicate"
+                report.duplicates.append((item.file_name, match["file_name"]))
+        elif image_id in batch_names:
+            outcome = "duplicate"
+            report.duplicates.append((item.file_name, batch_names[image_id]))
+
+        if outcome == "candidate":
+            if item.split and split != item.split:
+                raise ValueError(
+                    f"{item.file_name}: the publisher's split {item.split!r} conflicts with split "
+                    f"{split!r} that patient {item.patient_id!r} already has in the dataset"
+                )
+            if split not in SPLITS:
+                raise ValueError(
+                    f"{item.file_name}: invalid split {split!r}, expected one of {SPLITS}"
+                )
+            known_splits[item.patient_id] = split
+            batch_names[image_id] = item.file_name
+
+        meta = _metadata_row(item, batch_id, image_id, split)
+        measured = measure_decoded(normalised, len(data))
+        records.append({**meta, **record, "outcome": outcome, **measured})
+        if outcome == "candidate":
+            rows[position] = meta
+            if encode:
+                pngs[position] = encode_png(normalised.image)
+
+    table = build_metrics_table(records)
+    return DecodedBatch(batch_id, items, table, rows, pngs, report)
+
+
+def _quarantine_rejected(
+    decoded: DecodedBatch, validation: ValidationResult, quarantine_dir: Path | None
+) -> None:
+    for rejected in validation.rejected:
+        item = decoded.items[rejected.row]
+        decoded.report.rejected.append((item.file_name, rejected.reason_text()))
+        logger.warning("rejected %s: %s", item.file_name, rejected.reason_text())
+        if quarantine_dir is not None:
+            quarantine_file(
+                quarantine_dir,
+                decoded.batch_id,
+                item_fields(item),
+                item.read_bytes(),
+                rejected.reasons,
+                validation.validation_id,
+            )
 
 
 def import_items(
@@ -87,77 +238,74 @@ def import_items(
     batch_id: str,
     *,
     quarantine_dir: Path | None = None,
+    validation_dir: Path | None = None,
+    settings: ValidationSettings | None = None,
     progress: bool = True,
 ) -> ImportReport:
-    """Normalise, deduplicate and split a batch, then commit its new rows to `store` in one step.
+    """Decode, deduplicate, split and validate a batch, then commit its accepted rows in one step.
 
     An image whose pixels are already in the dataset adds nothing; under another file name it is
-    reported as a duplicate. A file that does not decode is rejected with its reason and copied to
-    `quarantine_dir/<batch_id>/`. A patient keeps the split it already has in the dataset.
+    reported as a duplicate. The data-validation gate (`ladnn.validation`) runs before anything is
+    committed: a row failing a blocking row-level check, including a file that does not decode, is
+    rejected and copied with its reasons to `quarantine_dir/<batch_id>/`. A failing batch-level
+    check raises `BatchValidationError` and commits nothing. With `validation_dir`, the result and
+    its Data Docs go to `validation_dir/<validation id>/`, and the dataset's image metrics are
+    cached there. A patient keeps the split it already has in the dataset.
     """
     store.remove_orphans()
-    existing = store.read_metadata()
-    known_ids = dict(zip(existing["image_id"], existing["file_name"], strict=True))
-    known_splits = dict(zip(existing["patient_id"], existing["split"], strict=True))
-    report = ImportReport(batch_id=batch_id)
-    rows: list[dict] = []
-    pngs: dict[str, bytes] = {}
-    batch_names: dict[str, str] = {}
+    decoded = decode_batch(items, store, batch_id, progress=progress)
+    cache = validation_dir / REFERENCE_CACHE_NAME if validation_dir is not None else None
+    reference = load_reference_metrics(store, cache)
+    validation = validate_batch(
+        decoded.table,
+        reference,
+        batch_id=batch_id,
+        settings=settings,
+        output_root=validation_dir,
+        mode="import",
+    )
+    report = decoded.report
+    report.validation_id = validation.validation_id
+    report.validation_dir = validation.directory
+    report.warnings = validation.warning_lines()
+    report.validation = validation
+    if not validation.success:
+        raise BatchValidationError(validation)
 
-    items = list(items)
-    for item in tqdm(items, desc=f"import {batch_id}", unit="img", disable=not progress):
-        data = item.read_bytes()
-        try:
-            normalised = normalise_image(data, item.file_name)
-        except ImageDecodeError as err:
-            report.rejected.append((item.file_name, str(err)))
-            _quarantine(quarantine_dir, batch_id, item, data, str(err))
-            logger.warning("rejected %s", err)
-            continue
-
-        image_id = normalised.image_id
-        if image_id in known_ids:
-            if known_ids[image_id] == item.file_name:
-                report.already_present.append(item.file_name)
-            else:
-                report.duplicates.append((item.file_name, known_ids[image_id]))
-            continue
-        if image_id in batch_names:
-            report.duplicates.append((item.file_name, batch_names[image_id]))
-            continue
-
-        split = (
-            known_splits.get(item.patient_id) or item.split or split_for_patient(item.patient_id)
-        )
-        if item.split and split != item.split:
-            raise ValueError(
-                f"{item.file_name}: the publisher's split {item.split!r} conflicts with split "
-                f"{split!r} that patient {item.patient_id!r} already has in the dataset"
-            )
-        if split not in SPLITS:
-            raise ValueError(f"{item.file_name}: invalid split {split!r}, expected one of {SPLITS}")
-        known_splits[item.patient_id] = split
-
-        row = {
-            "image_id": image_id,
-            "file_name": item.file_name,
-            "label": int(item.label),
-            "patient_id": item.patient_id,
-            "source": item.source,
-            "negative_subtype": item.negative_subtype,
-            "batch_id": batch_id,
-            "collected_on": item.collected_on,
-            "caption": item.caption,
-            "split": split,
-        }
-        for lesion in LESIONS:
-            row[lesion] = item.lesions.get(lesion, pd.NA)
-        rows.append(row)
-        pngs[image_id] = encode_png(normalised.image)
-        batch_names[image_id] = item.file_name
-        report.added.append(item.file_name)
-
-    if rows:
-        store.commit(coerce_metadata(pd.DataFrame(rows)), pngs)
-    logger.info(report.summary())
+    _quarantine_rejected(decoded, validation, quarantine_dir)
+    rejected_rows = validation.rejected_rows
+    accepted = [position for position in sorted(decoded.rows) if position not in rejected_rows]
+    report.added = [decoded.items[position].file_name for position in accepted]
+    if accepted:
+        frame = coerce_metadata(pd.DataFrame([decoded.rows[position] for position in accepted]))
+        pngs = {decoded.rows[p]["image_id"]: decoded.pngs[p] for p in accepted}
+        store.commit(frame, pngs)
+    logger.info("%s; validation %s", report.summary(), validation.validation_id)
     return report
+
+
+def validate_items(
+    items: Iterable[ImportItem],
+    store: DatasetStore,
+    batch_id: str,
+    *,
+    validation_dir: Path | None = None,
+    settings: ValidationSettings | None = None,
+    progress: bool = True,
+) -> ValidationResult:
+    """Run the data-validation gate on a batch against the dataset at `store`, importing nothing.
+
+    Nothing under `store` changes and nothing is quarantined. With `validation_dir`, the result
+    and its Data Docs are written to `validation_dir/<validation id>/` and the dataset's image
+    metrics are cached there.
+    """
+    decoded = decode_batch(items, store, batch_id, encode=False, progress=progress)
+    cache = validation_dir / REFERENCE_CACHE_NAME if validation_dir is not None else None
+    return validate_batch(
+        decoded.table,
+        load_reference_metrics(store, cache),
+        batch_id=batch_id,
+        settings=settings,
+        output_root=validation_dir,
+        mode="dry-run",
+    )

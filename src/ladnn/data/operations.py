@@ -17,6 +17,7 @@ from ladnn.data.importer import ImportItem, ImportReport, import_items
 from ladnn.data.schema import coerce_metadata
 from ladnn.data.store import DatasetStore
 from ladnn.data.versioning import DatasetVersion, commit_version, list_versions
+from ladnn.validation.suite import ValidationSettings
 from ladnn.workspace import Workspace
 
 __all__ = [
@@ -55,8 +56,16 @@ def import_batch(
     *,
     progress: bool = True,
     wait_seconds: float = 0.0,
+    quarantine: bool = True,
+    settings: ValidationSettings | None = None,
 ) -> BatchImport:
     """Import a batch and record the result as a dataset version, holding the dataset lock.
+
+    The data-validation gate runs before anything is committed, with `settings` (default
+    thresholds when None). Rejected rows go to the workspace's quarantine unless `quarantine` is
+    False. The result and its Data Docs go to `<workspace>/validation/<validation id>/`, and a new
+    version records the validation id. A batch failing a batch-level check raises
+    `BatchValidationError` (a ValueError) and changes nothing.
 
     A second import while one runs waits `wait_seconds`, then raises `ImportLockedError`. An
     import interrupted at any point leaves the last recorded version intact in the DVC cache and
@@ -74,10 +83,20 @@ def import_batch(
         ) from None
     try:
         store = DatasetStore(root)
-        report = import_items(items, store, batch_id, quarantine_dir=workspace.quarantine_dir, progress=progress)
+        report = import_items(
+            items,
+            store,
+            batch_id,
+            quarantine_dir=workspace.quarantine_dir if quarantine else None,
+            validation_dir=workspace.validation_dir,
+            settings=settings,
+            progress=progress,
+        )
         if not store.exists():
             raise ValueError(f"batch {batch_id} added no image, so there is no dataset to version")
-        version, created = commit_version(root, workspace, batch_id)
+        version, created = commit_version(
+            root, workspace, batch_id, validation_id=report.validation_id
+        )
         return BatchImport(report=report, version=version, created=created)
     finally:
         lock.release()

@@ -36,6 +36,9 @@ class DatasetVersion:
     dvc_file: str
     git_tag: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    # Data-validation runs of the batches in this version, oldest first; records written before
+    # the validation gate existed load with an empty list.
+    validation_ids: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -181,13 +184,19 @@ def _tag_in_git(root: Path, number: int) -> str | None:
 
 
 def commit_version(
-    root: str | Path, workspace: Workspace, batch_id: str, *, git_tag: bool = True
+    root: str | Path,
+    workspace: Workspace,
+    batch_id: str,
+    *,
+    git_tag: bool = True,
+    validation_id: str | None = None,
 ) -> tuple[DatasetVersion, bool]:
     """Record `root/data` as a dataset version; return it and whether it is new.
 
     Unchanged data (the same DVC hash as an earlier version) reuses that version. A new version is
     pushed to the workspace's DVC remote before it is recorded, so a recorded version can always be
-    restored with `dvc checkout`/`dvc pull`.
+    restored with `dvc checkout`/`dvc pull`. A new version's `validation_ids` are the latest
+    version's followed by `validation_id`.
     """
     root = Path(root).resolve()
     store = DatasetStore(root)
@@ -226,6 +235,10 @@ def commit_version(
         dvc_file=dvc_text,
         git_tag=tag,
         notes={"added_by_batch": batch_id},
+        validation_ids=[
+            *(versions[-1].validation_ids if versions else []),
+            *([validation_id] if validation_id else []),
+        ],
     )
     _save_versions(workspace, [*versions, version])
     logger.info("created dataset version %s (%d images, md5 %s)", version.name, len(metadata), md5)

@@ -1,7 +1,8 @@
-"""ROC, precision-recall and confusion-matrix figures saved as PNG files."""
+"""ROC, precision-recall, confusion-matrix and lesion pair-plot figures saved as PNG files."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +17,7 @@ from sklearn.metrics import (  # noqa: E402
     RocCurveDisplay,
 )
 
-__all__ = ["save_evaluation_plots"]
+__all__ = ["save_evaluation_plots", "save_lesion_pair_plot"]
 
 
 def save_evaluation_plots(
@@ -55,3 +56,67 @@ def save_evaluation_plots(
     figure.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close(figure)
     return paths
+
+
+def save_lesion_pair_plot(
+    covid_labels: np.ndarray,
+    lesion_probabilities: np.ndarray,
+    lesion_names: Sequence[str],
+    path: Path,
+    *,
+    title: str = "Lesion probabilities by COVID-19 label",
+) -> Path:
+    """Write a scatter matrix of the lesion probabilities, coloured by the COVID-19 label, as a PNG.
+
+    Off-diagonal panels plot one lesion probability against another and diagonal panels show the
+    histogram of one lesion probability per label, so the plot shows how far the auxiliary lesion
+    outputs separate COVID-19 from other images.
+    """
+    labels = np.asarray(covid_labels, dtype=int)
+    values = np.asarray(lesion_probabilities, dtype=float)
+    count = len(lesion_names)
+    if values.ndim != 2 or values.shape != (len(labels), count):
+        raise ValueError(
+            f"lesion probabilities of shape {values.shape} do not match {len(labels)} labels "
+            f"and {count} lesions"
+        )
+    groups = [(0, "non-COVID", "tab:blue"), (1, "COVID", "tab:red")]
+    bins = np.linspace(0.0, 1.0, 21)
+
+    figure, axes = plt.subplots(count, count, figsize=(2.0 * count, 2.0 * count), squeeze=False)
+    for row in range(count):
+        for column in range(count):
+            axis = axes[row][column]
+            for label, name, colour in groups:
+                members = labels == label
+                if row == column:
+                    axis.hist(
+                        values[members, column], bins=bins, color=colour, alpha=0.5, label=name
+                    )
+                else:
+                    axis.scatter(
+                        values[members, column],
+                        values[members, row],
+                        s=6,
+                        color=colour,
+                        alpha=0.5,
+                        label=name,
+                    )
+            axis.set_xlim(0, 1)
+            if row != column:
+                axis.set_ylim(0, 1)
+            if row == count - 1:
+                axis.set_xlabel(lesion_names[column])
+            else:
+                axis.set_xticklabels([])
+            if column == 0:
+                axis.set_ylabel(lesion_names[row])
+            elif row != column:
+                axis.set_yticklabels([])
+    handles, names = axes[0][1 if count > 1 else 0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="upper right", markerscale=3)
+    figure.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ladnn.data.lesions import LESIONS
+from ladnn.evaluation.calibration import expected_calibration_error
 from ladnn.evaluation.metrics import (
     auc_with_ci,
     roc_auc,
@@ -17,7 +18,12 @@ from ladnn.evaluation.metrics import (
     threshold_metrics,
 )
 
-__all__ = ["EvaluationResult", "evaluate_probabilities"]
+__all__ = ["EvaluationResult", "evaluate_probabilities", "evaluate_slices", "SLICE_COLUMNS"]
+
+# Metadata columns whose values define the slices of `evaluate_slices`.
+SLICE_COLUMNS = ("batch_id", "source", "negative_subtype")
+# Slice value of the rows whose slice column is empty.
+MISSING_VALUE = "(missing)"
 
 
 @dataclass
@@ -42,7 +48,7 @@ def evaluate_probabilities(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> EvaluationResult:
-    """Compute AUC with a patient-bootstrap 95% interval and the threshold metrics.
+    """Compute AUC with a patient-bootstrap 95% interval, the threshold metrics and the ECE.
 
     `probabilities` has the COVID probability in column 0 and, for LA-DNN, the five lesion
     probabilities after it; lesion AUCs use only the rows whose lesion label is known.
@@ -55,6 +61,7 @@ def evaluate_probabilities(
     metrics.update(threshold_metrics(y, p, threshold))
     metrics["sensitivity_at_90_specificity"] = sensitivity_at_specificity(y, p, 0.90)
     metrics["sensitivity_at_95_specificity"] = sensitivity_at_specificity(y, p, 0.95)
+    metrics["ece"] = expected_calibration_error(y, p)
 
     if probabilities.shape[1] > 1:
         for index, lesion in enumerate(LESIONS, start=1):
@@ -65,3 +72,66 @@ def evaluate_probabilities(
                 value = roc_auc(labels, probabilities[known, index]) if known.any() else math.nan
             metrics[f"lesion_{lesion}_auc"] = value
     return EvaluationResult(split=split, n_images=len(frame), threshold=threshold, metrics=metrics)
+
+
+def evaluate_slices(
+    frame: pd.DataFrame,
+    probabilities: np.ndarray,
+    threshold: float,
+    columns: tuple[str, ...] = SLICE_COLUMNS,
+) -> pd.DataFrame:
+    """Compute the COVID-19 metrics of every value of each slice column, after one row for all.
+
+    Returns columns `slice` (the metadata column, or "all"), `value`, `n`, `positives`,
+    `negatives`, `auc`, `sensitivity`, `specificity` and `accuracy`. Empty slice values form the
+    slice "(missing)", so the `n` of one column's slices add up to the number of rows. AUC is NaN
+    for a slice with one class, with one warning naming such slices; sensitivity is NaN for a
+    slice without positives and specificity for one without negatives.
+    """
+    if len(frame) != len(probabilities):
+        raise ValueError(
+            f"{len(frame)} metadata rows do not match {len(probabilities)} probability rows"
+        )
+    frame = frame.reset_index(drop=True)
+    y = frame["label"].to_numpy(dtype=int)
+    p = np.asarray(probabilities)[:, 0]
+    rows = [_slice_metrics("all", "all", y, p, threshold)]
+    for column in columns:
+        values = frame[column].astype("string").fillna(MISSING_VALUE).to_numpy()
+        for value in sorted(set(values)):
+            members = values == value
+            rows.append(_slice_metrics(column, value, y[members], p[members], threshold))
+
+    table = pd.DataFrame(rows)
+    single_class = table[(table["positives"] == 0) | (table["negatives"] == 0)]
+    if len(single_class):
+        examples = ", ".join(
+            f"{row.slice}={row.value}" for row in single_class.head(3).itertuples(index=False)
+        )
+        warnings.warn(
+            f"ROC AUC is undefined for {len(single_class)} slice(s) with a single class "
+            f"(e.g. {examples}); reported as NaN",
+            stacklevel=2,
+        )
+    return table
+
+
+def _slice_metrics(
+    column: str, value: str, y: np.ndarray, p: np.ndarray, threshold: float
+) -> dict[str, object]:
+    positives = int(y.sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auc = roc_auc(y, p) if len(y) else math.nan
+    counts = threshold_metrics(y, p, threshold) if len(y) else {}
+    return {
+        "slice": column,
+        "value": value,
+        "n": len(y),
+        "positives": positives,
+        "negatives": len(y) - positives,
+        "auc": auc,
+        "sensitivity": counts.get("sensitivity", math.nan),
+        "specificity": counts.get("specificity", math.nan),
+        "accuracy": counts.get("accuracy", math.nan),
+    }

@@ -103,7 +103,11 @@ class LadnnPyfunc(mlflow.pyfunc.PythonModel):
             torch.stack(pixels), tuple(self.spec["mean"]), tuple(self.spec["std"])
         )
         with torch.no_grad():
-            probabilities = torch.sigmoid(self.model(batch)).numpy().astype(np.float64)
+            probabilities = torch.sigmoid(self.model(batch))
+            if self.spec.get("tta"):
+                mirrored = torch.sigmoid(self.model(torch.flip(batch, dims=[3])))
+                probabilities = (probabilities + mirrored) / 2
+        probabilities = probabilities.numpy().astype(np.float64)
         result = pd.DataFrame({"covid_probability": probabilities[:, 0]})
         for index, lesion in enumerate(LESIONS, start=1):
             result[lesion] = probabilities[:, index] if probabilities.shape[1] > 1 else math.nan

@@ -22,7 +22,8 @@ def tracking_uri_for(cfg: LadnnCfg, workspace: Workspace) -> str:
 def configure_mlflow(cfg: LadnnCfg, workspace: Workspace) -> str:
     """Set the tracking and registry URI and create the experiment; return the experiment id.
 
-    With the embedded store, artifacts go to `<workspace>/mlflow/artifacts`.
+    With a database store (SQLite or PostgreSQL, no tracking server), artifacts go to
+    `<workspace>/mlflow/artifacts`; a tracking server keeps its own artifact store.
     """
     uri = tracking_uri_for(cfg, workspace)
     mlflow.set_tracking_uri(uri)
@@ -30,7 +31,8 @@ def configure_mlflow(cfg: LadnnCfg, workspace: Workspace) -> str:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is None:
-        location = None if cfg.tracking.tracking_uri else workspace.artifacts_dir.as_uri()
+        is_server = uri.startswith(("http://", "https://", "databricks"))
+        location = None if is_server else workspace.artifacts_dir.as_uri()
         experiment_id = client.create_experiment(
             cfg.tracking.experiment, artifact_location=location
         )

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +15,14 @@ import pandas as pd
 import yaml
 
 from ladnn.config import LadnnCfg, config_to_dict
+from ladnn.data.lesions import LESIONS
 from ladnn.data.store import DatasetStore
 from ladnn.data.versioning import DatasetVersion
+from ladnn.evaluation.calibration import save_reliability_diagram
+from ladnn.evaluation.explain import save_split_overlays
 from ladnn.evaluation.metrics import choose_threshold
-from ladnn.evaluation.plots import save_evaluation_plots
-from ladnn.evaluation.report import EvaluationResult, evaluate_probabilities
+from ladnn.evaluation.plots import save_evaluation_plots, save_lesion_pair_plot
+from ladnn.evaluation.report import EvaluationResult, evaluate_probabilities, evaluate_slices
 from ladnn.tracking.pyfunc import log_pyfunc_model
 from ladnn.tracking.registry import git_commit
 from ladnn.tracking.store import configure_mlflow
@@ -57,14 +61,40 @@ def flatten_config(values: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _run_key(cfg: LadnnCfg, version: DatasetVersion) -> str:
-    text = json.dumps({"config": config_to_dict(cfg), "dataset": version.md5}, sort_keys=True)
+def _run_key(
+    cfg: LadnnCfg, version: DatasetVersion, train_ids: set[str] | None, tags: dict[str, str] | None
+) -> str:
+    """Identify a run by configuration, dataset, training subset and origin, for `--resume`."""
+    subset = sorted(train_ids) if train_ids is not None else None
+    text = json.dumps(
+        {"config": config_to_dict(cfg), "dataset": version.md5, "train_ids": subset, "tags": tags},
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _input_example(store: DatasetStore, frame: pd.DataFrame) -> pd.DataFrame:
     image_id = frame["image_id"].iloc[0]
     return pd.DataFrame({"image": [store.image_path(image_id).read_bytes()]})
+
+
+def _log_gradcam(
+    outcome: TrainOutcome, store: DatasetStore, frame: pd.DataFrame, image_size: int, folder: Path
+) -> None:
+    """Log Grad-CAM++ overlays of two COVID and two negative images under `gradcam/`.
+
+    A failure is logged and tagged but does not fail the run, because the model is still valid.
+    """
+    try:
+        paths = save_split_overlays(
+            outcome.model, outcome.backbone.spec, store, frame, folder, image_size=image_size
+        )
+    except (ValueError, RuntimeError, OSError) as err:
+        logger.warning("Grad-CAM++ overlays failed, none logged: %s", err)
+        mlflow.set_tag("gradcam_error", str(err)[:500])
+        return
+    if paths:
+        mlflow.log_artifacts(str(folder), "gradcam")
 
 
 def run_training(
@@ -77,6 +107,9 @@ def run_training(
     validation_id: str | None = None,
     run_name: str | None = None,
     progress: bool = True,
+    initial_state: dict | None = None,
+    train_ids: set[str] | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> TrainingRun:
     """Train LA-DNN on `version` and log config, per-epoch and final metrics, plots and the model.
 
@@ -88,14 +121,17 @@ def run_training(
     frame = store.read_metadata()
     cache = ImageCache(store, workspace.cache_dir, cfg.train.image_size)
     lesion_free = cfg.loss.negatives_lesion_free
+    selected = {
+        split: frame[frame["split"] == split] for split in ("train", "val", "test")
+    }
+    if train_ids is not None:
+        selected["train"] = selected["train"][selected["train"]["image_id"].isin(train_ids)]
     splits: dict[str, SplitData] = {
-        split: prepare_split(
-            frame[frame["split"] == split], cache, negatives_lesion_free=lesion_free
-        )
-        for split in ("train", "val", "test")
+        split: prepare_split(rows, cache, negatives_lesion_free=lesion_free)
+        for split, rows in selected.items()
     }
 
-    key = _run_key(cfg, version)
+    key = _run_key(cfg, version, train_ids, extra_tags)
     checkpoint = workspace.checkpoints_dir / f"{key}.pt"
     run_file = workspace.checkpoints_dir / f"{key}.run.json"
     previous_run = None
@@ -112,6 +148,8 @@ def run_training(
         "variant": cfg.model.variant,
         "profile": cfg.profile,
         "git_commit": git_commit(),
+        "initialisation": "imagenet" if initial_state is None else "checkpoint",
+        **(extra_tags or {}),
     }
     with mlflow.start_run(run_id=previous_run, run_name=run_name) as run:
         run_file.parent.mkdir(parents=True, exist_ok=True)
@@ -142,10 +180,13 @@ def run_training(
             resume=previous_run is not None,
             on_epoch=log_epoch,
             progress=progress,
+            initial_state=initial_state,
         )
         mean, std = outcome.backbone.spec.mean, outcome.backbone.spec.std
         probabilities = {
-            split: predict(outcome.model, data.pixels, mean, std, device=outcome.device)
+            split: predict(
+                outcome.model, data.pixels, mean, std, device=outcome.device, tta=cfg.eval.tta
+            )
             for split, data in splits.items()
             if split != "train"
         }
@@ -199,7 +240,30 @@ def run_training(
                 predictions["covid_probability"] = probabilities[split][:, 0]
                 predictions.to_csv(scratch_dir / f"predictions_{split}.csv", index=False)
                 mlflow.log_artifact(str(scratch_dir / f"predictions_{split}.csv"), "predictions")
+                save_reliability_diagram(
+                    data.frame["label"].to_numpy(),
+                    probabilities[split][:, 0],
+                    scratch_dir / "plots" / f"{split}_reliability.png",
+                    title=f"Reliability ({split})",
+                )
+                # Single-class slices (every COVID source) are expected; their AUC is NaN in the CSV.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    slices = evaluate_slices(data.frame, probabilities[split], threshold)
+                slices.to_csv(scratch_dir / f"slices_{split}.csv", index=False)
+                mlflow.log_artifact(str(scratch_dir / f"slices_{split}.csv"), "slices")
+            if cfg.model.variant == "ladnn":
+                save_lesion_pair_plot(
+                    splits["test"].frame["label"].to_numpy(),
+                    probabilities["test"][:, 1:],
+                    LESIONS,
+                    scratch_dir / "plots" / "test_lesion_pairs.png",
+                    title="Lesion probabilities by COVID-19 label (test)",
+                )
             mlflow.log_artifacts(str(scratch_dir / "plots"), "plots")
+            _log_gradcam(
+                outcome, store, splits["test"].frame, cfg.train.image_size, scratch_dir / "gradcam"
+            )
             spec = {
                 "backbone": cfg.model.backbone,
                 "variant": cfg.model.variant,
@@ -207,6 +271,7 @@ def run_training(
                 "mean": list(mean),
                 "std": list(std),
                 "threshold": threshold,
+                "tta": cfg.eval.tta,
                 "dataset_version": version.name,
             }
             info = log_pyfunc_model(

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from ladnn.config import LadnnCfg, config_to_dict
@@ -89,15 +90,23 @@ def predict(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     channels_last: bool = True,
+    tta: bool = False,
 ) -> np.ndarray:
-    """Return sigmoid probabilities of shape (N, outputs) for grey uint8 pixels (N, 1, H, W)."""
+    """Return sigmoid probabilities of shape (N, outputs) for grey uint8 pixels (N, 1, H, W).
+
+    With `tta`, each probability is the mean over the image and its horizontal mirror.
+    """
     model.eval()
     outputs = []
     for start in range(0, len(pixels), batch_size):
         batch = to_model_input(pixels[start : start + batch_size].to(device), mean, std)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        outputs.append(torch.sigmoid(model(batch).float()).cpu())
+        probabilities = torch.sigmoid(model(batch).float())
+        if tta:
+            mirrored = torch.sigmoid(model(torch.flip(batch, dims=[3])).float())
+            probabilities = (probabilities + mirrored) / 2
+        outputs.append(probabilities.cpu())
     if not outputs:
         return np.empty((0, 1 if model.lesion_head is None else 1 + len(LESIONS)), dtype=np.float32)
     return torch.cat(outputs).numpy()
@@ -138,8 +147,11 @@ def train_model(
     resume: bool = False,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainOutcome:
     """Train LA-DNN on `train`, score `val` after every epoch and keep the weights of the best epoch.
+
+    `initial_state` (e.g. the champion's weights, for fine-tuning) replaces the ImageNet start.
 
     With `checkpoint_path`, the full state is saved after every epoch; `resume=True` continues from
     that file when it exists. `on_epoch` receives each epoch's metrics (for tracking).
@@ -157,6 +169,8 @@ def train_model(
         drop_rate=cfg.model.drop_rate,
     )
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
     model = model.to(device=device, memory_format=memory_format)
     mean, std = backbone.spec.mean, backbone.spec.std
 
@@ -165,6 +179,11 @@ def train_model(
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.train.seed)
+    ema = (
+        ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True)
+        if cfg.train.ema_decay
+        else None
+    )
 
     start_epoch, best_auc, best_epoch, best_state, history = 0, -math.inf, 0, None, []
     if resume and checkpoint_path is not None and checkpoint_path.is_file():
@@ -175,6 +194,8 @@ def train_model(
                 "resume with the same configuration or start without --resume"
             )
         model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
@@ -219,6 +240,8 @@ def train_model(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update(model, step=(epoch - 1) * steps_per_epoch + step)
             epoch_loss += loss.item() * len(index)
             seen += len(index)
             bar.set_postfix(
@@ -227,8 +250,15 @@ def train_model(
             )
         train_seconds = time.perf_counter() - epoch_start
 
+        scored = ema.module if ema is not None else model
         probabilities = predict(
-            model, val.pixels, mean, std, device=device, channels_last=cfg.train.channels_last
+            scored,
+            val.pixels,
+            mean,
+            std,
+            device=device,
+            channels_last=cfg.train.channels_last,
+            tta=cfg.eval.tta,
         )
         val_auc = roc_auc(val.covid.numpy(), probabilities[:, 0]) if len(val) else math.nan
         record = {
@@ -243,7 +273,7 @@ def train_model(
         if improved or best_state is None:
             best_auc = val_auc if not math.isnan(val_auc) else best_auc
             best_epoch = epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
             stale_epochs = 0
         else:
             stale_epochs += 1
@@ -263,6 +293,7 @@ def train_model(
                 {
                     "epoch": epoch,
                     "model": model.state_dict(),
+                    "ema": ema.module.state_dict() if ema is not None else {},
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state(),

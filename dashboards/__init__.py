@@ -1,0 +1,1 @@
+"""Streamlit dashboard of the LA-DNN platform; start it with `ladnn dashboard`."""

@@ -1,0 +1,119 @@
+"""Prefect from the dashboard: recent flow runs, and retraining started as a deployment run.
+
+Only a Prefect server named by `PREFECT_API_URL` is used. Without it these functions raise
+`PrefectUnavailable` instead of letting the Prefect client start a temporary local server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from uuid import UUID
+
+import pandas as pd
+
+__all__ = [
+    "RETRAIN_DEPLOYMENT",
+    "PrefectUnavailable",
+    "FlowRunState",
+    "prefect_api_url",
+    "recent_flow_runs",
+    "start_retrain",
+    "flow_run_state",
+]
+
+logger = logging.getLogger(__name__)
+
+# Deployment served by `ladnn flows serve` (pipelines/serve.py): flow "retrain", deployment
+# "retrain".
+RETRAIN_DEPLOYMENT = "retrain/retrain"
+API_TIMEOUT_SECONDS = 5.0
+
+
+class PrefectUnavailable(RuntimeError):
+    """No Prefect API is configured, or it does not answer."""
+
+
+@dataclass(frozen=True)
+class FlowRunState:
+    flow_run_id: str
+    name: str
+    state: str
+    message: str
+
+
+def prefect_api_url() -> str | None:
+    return os.environ.get("PREFECT_API_URL") or None
+
+
+def _client():
+    url = prefect_api_url()
+    if url is None:
+        raise PrefectUnavailable(
+            "PREFECT_API_URL is not set: start a server (`prefect server start`), serve the flows "
+            "(`ladnn flows serve`) and start the dashboard with PREFECT_API_URL exported"
+        )
+    from prefect.client.orchestration import get_client
+
+    client = get_client(sync_client=True, httpx_settings={"timeout": API_TIMEOUT_SECONDS})
+    return client, url
+
+
+def _check(client, url: str) -> None:
+    error = client.api_healthcheck()
+    if error is not None:
+        raise PrefectUnavailable(f"the Prefect API at {url} does not answer: {error}")
+
+
+def recent_flow_runs(limit: int = 10) -> pd.DataFrame:
+    """The latest flow runs, newest first, with their flow name and state."""
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    client, url = _client()
+    with client:
+        _check(client, url)
+        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit)
+        flow_names = {
+            flow_id: client.read_flow(flow_id).name for flow_id in {run.flow_id for run in runs}
+        }
+    rows = [
+        {
+            "flow": flow_names.get(run.flow_id, ""),
+            "flow run": run.name,
+            "state": run.state.name if run.state else "",
+            "started (UTC)": run.start_time.strftime("%Y-%m-%d %H:%M:%S") if run.start_time else "",
+            "ended (UTC)": run.end_time.strftime("%Y-%m-%d %H:%M:%S") if run.end_time else "",
+            "id": str(run.id),
+        }
+        for run in runs
+    ]
+    return pd.DataFrame(rows)
+
+
+def start_retrain(parameters: dict | None = None) -> FlowRunState:
+    """Create a run of the retrain deployment and return at once; a Prefect worker runs it."""
+    from prefect.deployments import run_deployment
+
+    client, url = _client()
+    with client:
+        _check(client, url)
+    flow_run = run_deployment(RETRAIN_DEPLOYMENT, parameters=parameters or {}, timeout=0)
+    logger.info("started flow run %s of deployment %s", flow_run.id, RETRAIN_DEPLOYMENT)
+    return _state_of(flow_run)
+
+
+def flow_run_state(flow_run_id: str) -> FlowRunState:
+    client, url = _client()
+    with client:
+        return _state_of(client.read_flow_run(UUID(flow_run_id)))
+
+
+def _state_of(flow_run) -> FlowRunState:
+    state = flow_run.state
+    return FlowRunState(
+        flow_run_id=str(flow_run.id),
+        name=flow_run.name,
+        state=state.name if state else "unknown",
+        message=(state.message or "") if state else "",
+    )

@@ -1,0 +1,143 @@
+"""The `retrain` flow: train LA-DNN variants on a dataset version and register each as a candidate,
+then hand the candidates to the `review` flow."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from prefect import flow, get_run_logger, task
+from prefect.context import TaskRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from ladnn.config import LadnnCfg, config_to_dict
+from ladnn.continual import plan_training
+from ladnn.cycle import data_root, register_run
+from ladnn.data.operations import find_version
+from ladnn.data.store import DatasetStore
+from ladnn.registry.workflow import open_registry
+from ladnn.training.run import run_training
+from ladnn.workspace import Workspace
+from pipelines.common import resolve
+from pipelines.review import review_flow
+
+__all__ = ["retrain_flow", "variant_config"]
+
+
+def variant_config(cfg: LadnnCfg, variant: str) -> LadnnCfg:
+    """Apply a `backbone:variant` string (e.g. `resnet18:baseline`) to the model section."""
+    backbone, _, head = variant.partition(":")
+    model = dataclasses.replace(
+        cfg.model, backbone=backbone.strip(), variant=(head.strip() or cfg.model.variant)
+    )
+    return dataclasses.replace(cfg, model=model)
+
+
+def _training_key(context: TaskRunContext, parameters: dict) -> str:
+    """Cache key of a training task: its configuration, dataset version and continual mode."""
+    cfg: LadnnCfg = parameters["cfg"]
+    text = json.dumps(
+        {
+            "config": config_to_dict(cfg),
+            "dataset": parameters["dataset_version"],
+            "workspace": str(parameters["workspace"].root),
+        },
+        sort_keys=True,
+    )
+    return "train-" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@task(
+    name="train-variant",
+    retries=1,
+    retry_delay_seconds=30,
+    cache_key_fn=_training_key,
+    persist_result=True,
+    timeout_seconds=6 * 3600,
+)
+def train_variant_task(cfg: LadnnCfg, workspace: Workspace, dataset_version: str) -> dict:
+    """Train (resuming an interrupted run of the same settings) and register one variant."""
+    logger = get_run_logger()
+    store = DatasetStore(data_root(cfg))
+    version = find_version(workspace, dataset_version)
+    registry = open_registry(cfg, workspace)
+    plan = plan_training(
+        cfg,
+        workspace,
+        store,
+        registry,
+        mode=cfg.continual.mode,
+        replay_fraction=cfg.continual.replay_fraction,
+    )
+    run = run_training(
+        plan.cfg,
+        workspace,
+        store,
+        version,
+        resume=True,
+        progress=False,
+        initial_state=plan.initial_state,
+        train_ids=plan.train_ids,
+        extra_tags=plan.tags,
+    )
+    model_version = register_run(plan.cfg, workspace, run)
+    logger.info(
+        "%s:%s (%s) -> version %s, validation AUC %.3f, test AUC %.3f",
+        plan.cfg.model.backbone,
+        plan.cfg.model.variant,
+        plan.mode,
+        model_version,
+        run.validation.metrics["auc"],
+        run.test.metrics["auc"],
+    )
+    return {
+        "model_version": model_version,
+        "run_id": run.run_id,
+        "variant": f"{plan.cfg.model.backbone}:{plan.cfg.model.variant}",
+        "val_auc": run.validation.metrics["auc"],
+        "test_auc": run.test.metrics["auc"],
+    }
+
+
+@flow(name="retrain", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def retrain_flow(
+    dataset_version: str = "latest",
+    variants: list[str] | None = None,
+    mode: str | None = None,
+    review: bool = True,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    profile: str | None = None,
+    workspace: str | None = None,
+) -> dict:
+    """Train each variant (`backbone:variant`; default the configured model) on `dataset_version`
+    in `mode` (scratch or finetune; default continual.mode), register every candidate, and run the
+    review flow on them. Up to `continual.max_parallel` variants train at once."""
+    cfg, space = resolve(config_path, overrides, profile, workspace)
+    if mode is not None:
+        cfg = dataclasses.replace(cfg, continual=dataclasses.replace(cfg.continual, mode=mode))
+    version = find_version(space, dataset_version).name
+    chosen = (
+        variants or list(cfg.continual.variants) or [f"{cfg.model.backbone}:{cfg.model.variant}"]
+    )
+    configs = [variant_config(cfg, variant) for variant in chosen]
+
+    results = []
+    width = max(1, cfg.continual.max_parallel)
+    for start in range(0, len(configs), width):
+        futures = [
+            train_variant_task.submit(c, space, version) for c in configs[start : start + width]
+        ]
+        results.extend(future.result() for future in futures)
+
+    summary = {"dataset_version": version, "candidates": results}
+    if review and results:
+        summary["review"] = review_flow(
+            candidates=[r["model_version"] for r in results],
+            config_path=config_path,
+            overrides=overrides,
+            profile=profile,
+            workspace=str(space.root),
+        )
+    return summary

@@ -1,0 +1,58 @@
+"""Serve the flows as deployments: the inbox on a schedule, retraining on each new dataset version."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect import serve
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+from pipelines.common import DATASET_VERSION_CREATED
+from pipelines.cycle import cycle_flow
+from pipelines.inbox import inbox_flow
+from pipelines.ingest import ingest_flow
+from pipelines.retrain import retrain_flow
+from pipelines.review import review_flow
+
+__all__ = ["build_deployments", "serve_flows"]
+
+
+def build_deployments(
+    workspace: str, inbox_interval_seconds: float = 60.0, overrides: list[str] | None = None
+) -> list:
+    """Deployments of every flow, with `workspace` and `overrides` as default parameters."""
+    common = {"workspace": workspace, "overrides": overrides or []}
+    retrain_trigger = DeploymentEventTrigger(
+        name="retrain-on-new-dataset-version",
+        expect={DATASET_VERSION_CREATED},
+        match={"ladnn.workspace": workspace},
+        parameters={"dataset_version": "{{ event.resource['ladnn.dataset.version'] }}", **common},
+    )
+    return [
+        inbox_flow.to_deployment(
+            name="inbox",
+            interval=timedelta(seconds=inbox_interval_seconds),
+            parameters=common,
+            description="Ingest batches dropped into <workspace>/inbox/.",
+        ),
+        ingest_flow.to_deployment(
+            name="ingest", parameters=common, description="Ingest one batch path."
+        ),
+        retrain_flow.to_deployment(
+            name="retrain",
+            triggers=[retrain_trigger],
+            parameters=common,
+            description="Retrain on a dataset version; runs on every new version.",
+        ),
+        review_flow.to_deployment(
+            name="review", parameters=common, description="Review candidates."
+        ),
+        cycle_flow.to_deployment(name="cycle", parameters=common, description="One whole cycle."),
+    ]
+
+
+def serve_flows(
+    workspace: str, inbox_interval_seconds: float = 60.0, overrides: list[str] | None = None
+) -> None:
+    """Serve all deployments from this process until interrupted."""
+    serve(*build_deployments(workspace, inbox_interval_seconds, overrides))

@@ -1,0 +1,1 @@
+"""Drift of new batches against the training data."""

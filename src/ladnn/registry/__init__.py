@@ -1,0 +1,1 @@
+"""Model registry review: champion and challenger aliases, gates and the audit log."""
