@@ -19,7 +19,9 @@ import streamlit as st  # noqa: E402
 
 from dashboards import ui  # noqa: E402
 
-st.set_page_config(page_title="LA-DNN dashboard", page_icon=":material/radiology:", layout="wide")
+# No page or page_icon icons: a Material icon makes the browser fetch its favicon from
+# fonts.gstatic.com, and emoji need an emoji font on the viewing machine.
+st.set_page_config(page_title="LA-DNN dashboard", layout="wide")
 current = ui.settings()
 
 
@@ -34,21 +36,19 @@ def sign_in_page() -> None:
 
 user = ui.signed_in_user(current)
 if user is None:
-    navigation = st.navigation([st.Page(sign_in_page, title="Sign in", icon=":material/login:")])
+    navigation = st.navigation([st.Page(sign_in_page, title="Sign in")])
 else:
     navigation = st.navigation(
         {
             "Models": [
-                st.Page(
-                    "pages/overview.py", title="Overview", icon=":material/dashboard:", default=True
-                ),
-                st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
-                st.Page("pages/review.py", title="Review", icon=":material/gavel:"),
-                st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
+                st.Page("pages/overview.py", title="Overview", default=True),
+                st.Page("pages/compare.py", title="Compare"),
+                st.Page("pages/review.py", title="Review"),
+                st.Page("pages/runs.py", title="Runs"),
             ],
             "Images": [
-                st.Page("pages/diagnose.py", title="Diagnose", icon=":material/radiology:"),
-                st.Page("pages/dataset.py", title="Data", icon=":material/photo_library:"),
+                st.Page("pages/diagnose.py", title="Diagnose"),
+                st.Page("pages/dataset.py", title="Data"),
             ],
         }
     )

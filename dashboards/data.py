@@ -42,9 +42,8 @@ __all__ = [
     "epoch_history",
 ]
 
-# Per-epoch metrics logged by training at steps 1, 2, ...; `val_auc` is logged again at step 0
-# with the final validation AUC, which `epoch_history` leaves out.
-EPOCH_METRICS = ("train_loss", "val_auc", "lr", "train_images_per_s")
+# Per-epoch metrics logged by training at steps 1, 2, ...
+EPOCH_METRICS = ("epoch_train_loss", "epoch_val_auc", "epoch_lr", "epoch_train_images_per_s")
 
 
 def _number(text: str | None) -> float:

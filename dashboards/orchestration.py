@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -47,7 +48,13 @@ def prefect_api_url() -> str | None:
     return os.environ.get("PREFECT_API_URL") or None
 
 
+@contextmanager
 def _client():
+    """A sync Prefect client bound to `PREFECT_API_URL` as the environment has it now.
+
+    The URL is pinned with `temporary_settings`, because Prefect reads its settings once at import
+    and would otherwise start a temporary local server when the URL was unset then.
+    """
     url = prefect_api_url()
     if url is None:
         raise PrefectUnavailable(
@@ -55,24 +62,22 @@ def _client():
             "(`ladnn flows serve`) and start the dashboard with PREFECT_API_URL exported"
         )
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    client = get_client(sync_client=True, httpx_settings={"timeout": API_TIMEOUT_SECONDS})
-    return client, url
-
-
-def _check(client, url: str) -> None:
-    error = client.api_healthcheck()
-    if error is not None:
-        raise PrefectUnavailable(f"the Prefect API at {url} does not answer: {error}")
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        client = get_client(sync_client=True, httpx_settings={"timeout": API_TIMEOUT_SECONDS})
+        with client:
+            error = client.api_healthcheck()
+            if error is not None:
+                raise PrefectUnavailable(f"the Prefect API at {url} does not answer: {error}")
+            yield client
 
 
 def recent_flow_runs(limit: int = 10) -> pd.DataFrame:
     """The latest flow runs, newest first, with their flow name and state."""
     from prefect.client.schemas.sorting import FlowRunSort
 
-    client, url = _client()
-    with client:
-        _check(client, url)
+    with _client() as client:
         runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit)
         flow_names = {
             flow_id: client.read_flow(flow_id).name for flow_id in {run.flow_id for run in runs}
@@ -82,8 +87,8 @@ def recent_flow_runs(limit: int = 10) -> pd.DataFrame:
             "flow": flow_names.get(run.flow_id, ""),
             "flow run": run.name,
             "state": run.state.name if run.state else "",
-            "started (UTC)": run.start_time.strftime("%Y-%m-%d %H:%M:%S") if run.start_time else "",
-            "ended (UTC)": run.end_time.strftime("%Y-%m-%d %H:%M:%S") if run.end_time else "",
+            "started (UTC)": _time(run.start_time),
+            "ended (UTC)": _time(run.end_time),
             "id": str(run.id),
         }
         for run in runs
@@ -91,21 +96,22 @@ def recent_flow_runs(limit: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _time(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
 def start_retrain(parameters: dict | None = None) -> FlowRunState:
     """Create a run of the retrain deployment and return at once; a Prefect worker runs it."""
     from prefect.deployments import run_deployment
 
-    client, url = _client()
-    with client:
-        _check(client, url)
-    flow_run = run_deployment(RETRAIN_DEPLOYMENT, parameters=parameters or {}, timeout=0)
+    with _client():
+        flow_run = run_deployment(RETRAIN_DEPLOYMENT, parameters=parameters or {}, timeout=0)
     logger.info("started flow run %s of deployment %s", flow_run.id, RETRAIN_DEPLOYMENT)
     return _state_of(flow_run)
 
 
 def flow_run_state(flow_run_id: str) -> FlowRunState:
-    client, url = _client()
-    with client:
+    with _client() as client:
         return _state_of(client.read_flow_run(UUID(flow_run_id)))
 
 

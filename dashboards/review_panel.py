@@ -31,6 +31,22 @@ def show_flash() -> None:
     (st.success if kind == "success" else st.error)(message)
 
 
+def _event_text(event) -> str:
+    """Describe a recorded decision, e.g. "Audit event #2: rita promoted version 2 ..."."""
+    if event.action == "reject":
+        change = f"rejected version {event.to_version}"
+    elif event.action == "rollback":
+        change = (
+            f"rolled the champion back from version {event.from_version} "
+            f"to version {event.to_version}"
+        )
+    else:
+        replaced = f", replacing version {event.from_version}" if event.from_version else ""
+        change = f"promoted version {event.to_version} to champion{replaced}"
+    override = " (gate override recorded)" if event.details.get("override") else ""
+    return f"Audit event #{event.seq}: {event.reviewer} {change}{override}."
+
+
 def _apply(pending_key: str, action, *args, **kwargs) -> None:
     try:
         event = action(*args, **kwargs)
@@ -38,12 +54,7 @@ def _apply(pending_key: str, action, *args, **kwargs) -> None:
         st.session_state[_FLASH_KEY] = ("error", f"The decision was not applied: {err}")
         logger.warning("review decision failed: %s", err)
     else:
-        override = " with override" if event.details.get("override") else ""
-        st.session_state[_FLASH_KEY] = (
-            "success",
-            f"Recorded audit event #{event.seq}: {event.action}{override} "
-            f"{event.from_version or '-'} -> {event.to_version or '-'} by {event.reviewer}.",
-        )
+        st.session_state[_FLASH_KEY] = ("success", _event_text(event))
     st.session_state.pop(pending_key, None)
     st.rerun()
 

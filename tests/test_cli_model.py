@@ -38,12 +38,12 @@ JPEG_IMAGE = "CT_NonCOVID/0.jpg"
 
 def _import_small_release(release_dir: Path, root: Path, workspace: Workspace) -> None:
     """Import the first images of each split and label of the release and record version v1."""
-    taken: dict[tuple[str, int], int] = {}
+    picked: dict[tuple[str, int], int] = {}
     chosen = []
     for item in read_release(release_dir):
         key = (item.split, item.label)
-        if taken.get(key, 0) < PER_LABEL[item.split]:
-            taken[key] = taken.get(key, 0) + 1
+        if picked.get(key, 0) < PER_LABEL[item.split]:
+            picked[key] = picked.get(key, 0) + 1
             chosen.append(item)
     import_items(chosen, DatasetStore(root), RELEASE_BATCH_ID, progress=False)
     commit_version(root, workspace, RELEASE_BATCH_ID)

@@ -320,6 +320,19 @@ def test_contribution_explicit_metadata(batch_folder, tmp_path):
     assert _items_by_name(items)["scan.jpg"].label == 1
 
 
+def test_contribution_two_csvs_rejected(batch_folder):
+    """Two CSVs beside the images must not be skipped silently in favour of the batch label."""
+    _write_csv(batch_folder, "file_name,label,GGO\np1-slice-1.png,covid,1\n")
+    (batch_folder / "extra.csv").write_text("file_name,label\np1-slice-1.png,covid\n", "utf-8")
+
+    with pytest.raises(ValueError) as caught:
+        read_contribution(batch_folder, label=0)
+
+    assert "metadata.csv" in str(caught.value)
+    assert "extra.csv" in str(caught.value)
+    assert "--metadata" in str(caught.value)
+
+
 def test_contribution_empty_folder(tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()

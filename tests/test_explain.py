@@ -82,7 +82,10 @@ def test_heatmaps_cover_image(backbone, pretrained, size, covid_path):
     assert explanation.image.shape == (height, width, 3)
     for name, probability in explanation.probabilities.items():
         assert 0.0 <= probability <= 1.0, name
-    assert torch.sigmoid(before[0, 0]).item() == pytest.approx(explanation.probabilities["covid"])
+    # The explanation runs a batch of six with gradients, so float32 results differ slightly.
+    assert explanation.probabilities["covid"] == pytest.approx(
+        torch.sigmoid(before[0, 0]).item(), abs=1e-4
+    )
 
     assert [parameter.requires_grad for parameter in model.parameters()] == requires_grad
     assert _hook_count(model) == 0
@@ -90,7 +93,7 @@ def test_heatmaps_cover_image(backbone, pretrained, size, covid_path):
     assert not model.training
     with Image.open(covid_path) as opened:
         after = _logits(model, opened.convert("RGB"), loaded.spec, size)
-    torch.testing.assert_close(after, before)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
 
 
 def test_explain_keeps_training_mode_and_grads(covid_path):

@@ -43,12 +43,12 @@ RUN_TIMEOUT_S = 600
 
 def _import_small_release(release_dir: Path, root: Path, workspace: Workspace) -> None:
     """Import the first images of each split and label of the release and record version v1."""
-    taken: dict[tuple[str, int], int] = {}
+    picked: dict[tuple[str, int], int] = {}
     chosen = []
     for item in read_release(release_dir):
         key = (item.split, item.label)
-        if taken.get(key, 0) < PER_LABEL[item.split]:
-            taken[key] = taken.get(key, 0) + 1
+        if picked.get(key, 0) < PER_LABEL[item.split]:
+            picked[key] = picked.get(key, 0) + 1
             chosen.append(item)
     import_items(chosen, DatasetStore(root), RELEASE_BATCH_ID, progress=False)
     commit_version(root, workspace, RELEASE_BATCH_ID)
@@ -121,11 +121,12 @@ def test_killed_training_resumes_same_run(tmp_path, release_dir):
     run = client.get_run(interrupted_run)
     assert run.info.status == "FINISHED"
     epochs = set(range(1, EPOCHS + 1))
-    loss_steps = {entry.step for entry in client.get_metric_history(interrupted_run, "train_loss")}
+    loss_steps = {
+        entry.step for entry in client.get_metric_history(interrupted_run, "epoch_train_loss")
+    }
     assert loss_steps == epochs
-    # The final validation AUC is logged under the same name at step 0.
-    auc_steps = {entry.step for entry in client.get_metric_history(interrupted_run, "val_auc")}
-    assert auc_steps - {0} == epochs
+    auc_steps = {entry.step for entry in client.get_metric_history(interrupted_run, "epoch_val_auc")}
+    assert auc_steps == epochs
     assert "test_auc" in run.data.metrics
     experiment_runs = client.search_runs([run.info.experiment_id])
     assert [item.info.run_id for item in experiment_runs] == [interrupted_run]

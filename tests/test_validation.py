@@ -18,9 +18,12 @@ from ladnn.data.importer import ImportItem, ImportReport, import_items, validate
 from ladnn.data.lesions import UnknownLesionError
 from ladnn.data.release import read_release
 from ladnn.data.store import DatasetStore
+from ladnn.data.versioning import list_versions
 from ladnn.validation import BatchValidationError, list_quarantine
 from ladnn.validation.image_metrics import REFERENCE_CACHE_NAME
+from ladnn.validation.near_duplicates import hamming_distances, near_duplicate_pairs, phash_values
 from ladnn.validation.results import RESULT_FILE, read_result
+from ladnn.workspace import Workspace
 
 BATCH_ID = "contrib-bad-batch"
 
@@ -327,3 +330,45 @@ def test_new_batch_passes_after_release(release_copy, new_data_dir, validation_d
     assert result.counts["validated"] == len(items)
     assert result.reference_images == 746
     assert "class_balance" in {warning["check"] for warning in result.warnings}
+
+
+# --- helpers and records ---
+
+
+def test_hamming_distance_counts_bits():
+    values = phash_values(["0000000000000000", "000000000000000f", "ffffffffffffffff"])
+
+    distances = hamming_distances(values, values)
+
+    assert distances[0, 1] == 4
+    assert distances[0, 2] == 64
+    assert distances[1, 2] == 60
+    assert distances[1, 1] == 0
+
+
+def test_near_duplicate_pairs_skip_missing():
+    hashes = pd.Series(
+        ["0000000000000000", None, "0000000000000003", "ffffffffffffffff"], dtype="string"
+    )
+
+    pairs = near_duplicate_pairs(hashes, 4)
+
+    assert pairs.to_dict("records") == [{"first": 0, "second": 2, "distance": 2}]
+
+
+def test_version_record_without_validation_ids(tmp_path):
+    workspace = Workspace.resolve(tmp_path / "workspace").ensure()
+    record = {
+        "number": 1,
+        "md5": "0123456789abcdef0123456789abcdef.dir",
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "batch_ids": ["covid-ct-release"],
+        "n_images": 746,
+        "counts": {"label_0": 397, "label_1": 349},
+        "dvc_file": "",
+    }
+    (workspace.datasets_dir / "versions.json").write_text(json.dumps([record]), encoding="utf-8")
+
+    [version] = list_versions(workspace)
+
+    assert version.validation_ids == []

@@ -49,14 +49,16 @@ st.write(
 def highlight_regressions(frame: pd.DataFrame):
     """Style the rows where the candidate is worse than the champion."""
     if "regression" not in frame.columns:
-        return frame.style.format(precision=3)
+        return frame.style.format(precision=3, na_rep="n/a")
     return frame.style.apply(
         lambda row: [REGRESSION_STYLE if row["regression"] else ""] * len(row), axis=1
-    ).format(precision=3)
+    ).format(precision=3, na_rep="n/a")
 
 
 st.header("Metrics")
-st.dataframe(data.comparison_metrics_frame(report).style.format(precision=3), hide_index=True)
+st.dataframe(
+    data.comparison_metrics_frame(report).style.format(precision=3, na_rep="n/a"), hide_index=True
+)
 if report.get("delong"):
     delong = report["delong"]
     st.write(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from dashboards import data, ui
@@ -74,6 +76,6 @@ for index, row in enumerate(shown.itertuples(index=False)):
     kind = "COVID" if row.label == 1 else "negative"
     columns[index % GALLERY_COLUMNS].image(
         str(store.image_path(row.image_id)),
-        caption=f"{row.file_name} ({kind}, {row.split}, {row.batch_id})",
+        caption=f"{Path(row.file_name).name} ({kind}, {row.split}, {row.batch_id})",
         width="stretch",
     )

@@ -26,7 +26,7 @@ runs = data.runs_frame(client, experiment, backbones=backbones, variants=variant
 if runs.empty:
     st.caption("No run matches these filters.")
     st.stop()
-st.dataframe(runs.style.format(precision=3), hide_index=True)
+st.dataframe(runs.style.format(precision=3, na_rep="n/a"), hide_index=True)
 
 st.header("Training curves")
 chosen = st.multiselect(

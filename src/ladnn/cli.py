@@ -677,7 +677,7 @@ def _load_model_or_fail(state: Context, version: str | None = None, run_id: str 
 
 
 def _image_error(path: Path, err: Exception) -> str:
-    """One line naming the file and why it could not be used."""
+    """Format a one-line error that names the file and why it could not be used."""
     if isinstance(err, OSError):
         return f"{path}: cannot read file ({err.strerror or err})"
     message = str(err)
@@ -745,7 +745,7 @@ def evaluate(
         soft_wrap=True,
     )
     console.print(
-        f"threshold {loaded.threshold:.3f} (frozen on the validation split at training)",
+        f"threshold {loaded.threshold:.3f} (the model's own, set when it was trained)",
         soft_wrap=True,
     )
     table = Table("metric", "value")
@@ -1069,6 +1069,9 @@ def dashboard(
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # Hide Streamlit's developer menu and Deploy button from reviewers.
+        "--client.toolbarMode",
+        "minimal",
     ]
     console.print(f"dashboard: http://{address}:{port} (Ctrl+C stops it)", markup=False)
     try:

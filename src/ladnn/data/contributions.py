@@ -62,9 +62,15 @@ def _parse_lesion(value: object, where: str) -> int | None:
 
 
 def _find_csv(path: Path) -> Path | None:
+    """The metadata CSV beside the images: none, or exactly one; several must be chosen by name."""
     folder = path if path.is_dir() else path.parent
     candidates = sorted(folder.glob("*.csv"))
-    return candidates[0] if len(candidates) == 1 else None
+    if len(candidates) > 1:
+        raise ValueError(
+            f"{folder}: found {len(candidates)} CSV files {[c.name for c in candidates]}; "
+            "choose one with --metadata"
+        )
+    return candidates[0] if candidates else None
 
 
 def _read_rows(csv_path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -94,6 +100,13 @@ def _read_rows(csv_path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
             raise ValueError(f"{csv_path}: conflicting rows for {names[:5]}")
         frame = frame.drop_duplicates()
     return frame, lesion_columns
+
+
+def _parse_date(text: str | None, where: str) -> str | None:
+    try:
+        return parse_collection_date(text)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
 
 
 def read_contribution(
@@ -171,7 +184,7 @@ def read_contribution(
                 source=field_of("source") or default_source,
                 lesions=lesions,
                 negative_subtype=subtype,
-                collected_on=parse_collection_date(field_of("collected_on")) or today,
+                collected_on=_parse_date(field_of("collected_on"), where) or today,
                 caption=caption,
             )
         )

@@ -141,8 +141,8 @@ def decode_batch(
       the gate rejects;
     - `candidate`: new to the dataset.
 
-    A lesion name outside the five codes becomes a column of its own, which the gate's
-    batch-level checks reject.
+    A lesion name outside the five codes becomes a column `lesion:<name>` of its own, which the
+    gate's batch-level checks reject.
     """
     existing = store.read_metadata()
     known = existing.set_index("image_id")
@@ -159,7 +159,7 @@ def decode_batch(
     ):
         data = item.read_bytes()
         unknown_lesions = {
-            name: value for name, value in item.lesions.items() if name not in LESIONS
+            f"lesion:{name}": value for name, value in item.lesions.items() if name not in LESIONS
         }
         record = {"row": position, **unknown_lesions}
         try:

@@ -2,7 +2,7 @@
 
 Both use equal-width probability bins with the edges of `np.linspace(0, 1, n_bins + 1)`, closed on
 the right as in `sklearn.calibration.calibration_curve` (scikit-learn 1.9, strategy "uniform"):
-bin k holds the probabilities in (edge k, edge k + 1], and the first bin also holds 0.
+bin k contains the probabilities in (edge k, edge k + 1], and the first bin also contains 0.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["reliability_bins", "expected_calibration_error", "save_reliability_d
 
 
 def reliability_bins(y_true: Sequence, y_score: Sequence, n_bins: int = 10) -> pd.DataFrame:
-    """Count, mean probability and fraction of positives in each equal-width probability bin.
+    """Compute the count, mean probability and fraction of positives of each probability bin.
 
     Returns one row per bin, empty bins included (their mean probability and fraction positive
     are NaN).
@@ -55,7 +55,7 @@ def reliability_bins(y_true: Sequence, y_score: Sequence, n_bins: int = 10) -> p
 
 
 def expected_calibration_error(y_true: Sequence, y_score: Sequence, n_bins: int = 10) -> float:
-    """ECE of the positive-class probability over equal-width bins.
+    """Compute the ECE of the positive-class probability over equal-width bins.
 
     ECE = sum over non-empty bins b of (n_b / N) * |fraction of positives in b - mean probability
     in b|. Returns NaN for no samples.
@@ -94,14 +94,14 @@ def save_reliability_diagram(
         width=width,
         edgecolor="black",
         alpha=0.6,
-        label="fraction positive",
+        label="fraction positive per bin",
     )
     curve.plot(
         bins.loc[filled, "mean_probability"],
         bins.loc[filled, "fraction_positive"],
         marker="o",
         color="tab:red",
-        label="mean probability",
+        label="at the bin's mean probability",
     )
     curve.set_xlim(0, 1)
     curve.set_ylim(0, 1)

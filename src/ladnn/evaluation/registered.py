@@ -59,7 +59,7 @@ class LoadedModel:
     # The model description logged with the weights: backbone, variant, image_size, mean, std,
     # threshold, tta and dataset_version.
     spec: dict
-    # How the model was chosen, for the user, e.g. "ladnn version 3 (alias champion)".
+    # Model name and the reason it was chosen, for the user, e.g. "ladnn version 3 (alias champion)".
     description: str
     version: str | None = None
     run_id: str | None = None

@@ -85,8 +85,8 @@ def evaluate_slices(
     Returns columns `slice` (the metadata column, or "all"), `value`, `n`, `positives`,
     `negatives`, `auc`, `sensitivity`, `specificity` and `accuracy`. Empty slice values form the
     slice "(missing)", so the `n` of one column's slices add up to the number of rows. AUC is NaN
-    for a slice with one class, with one warning naming such slices; sensitivity is NaN for a
-    slice without positives and specificity for one without negatives.
+    for a slice with one class, and one warning names such slices. Sensitivity is NaN for a slice
+    without positives, and specificity for one without negatives.
     """
     if len(frame) != len(probabilities):
         raise ValueError(

@@ -203,9 +203,12 @@ def create_backbone(
         module = model_factory(spec.timm_name, pretrained=False)
 
     module.reset_classifier(0)
+    # Models with a pre-logits stage (VGG's fully connected layers) output `head_hidden_size`
+    # features once the classifier is removed, not `num_features`.
+    num_features = getattr(module, "head_hidden_size", None) or module.num_features
     return LoadedBackbone(
         module=module,
-        num_features=module.num_features,
+        num_features=num_features,
         spec=spec,
         pretrained=source != "none",
         weights_source=source,

@@ -169,8 +169,9 @@ def run_training(
         )
 
         def log_epoch(record: dict[str, float]) -> None:
+            # Per-epoch curves are prefixed, so `val_auc` names only the chosen epoch's result.
             step = int(record["epoch"])
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
+            mlflow.log_metrics({f"epoch_{k}": v for k, v in record.items() if k != "epoch"}, step=step)
 
         outcome: TrainOutcome = train_model(
             cfg,

@@ -178,6 +178,7 @@ def validate_batch(
         "undecodable": int(outcomes.get("undecodable", 0)),
         "already_present": int(outcomes.get("already_present", 0)),
         "duplicates": int(outcomes.get("duplicate", 0)),
+        "conflicting_duplicates": int(outcomes.get("conflicting_duplicate", 0)),
         "failed_row_checks": sum(1 for r in row_results if not r.success),
     }
     result = ValidationResult(

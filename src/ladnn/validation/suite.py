@@ -287,8 +287,10 @@ def batch_checks(settings: ValidationSettings) -> list[Check]:
 
 
 def _mean_band(values: pd.Series, k: float) -> tuple[float, float]:
+    """Return mean +- k population std of `values`, the lower bound no less than 0, because every
+    metric checked this way (intensity, size) is non-negative."""
     mean, std = float(values.mean()), float(values.std(ddof=0))
-    return mean - k * std, mean + k * std
+    return max(0.0, mean - k * std), mean + k * std
 
 
 def warning_checks(
