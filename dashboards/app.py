@@ -15,9 +15,17 @@ _CHECKOUT = Path(__file__).resolve().parents[1]
 if str(_CHECKOUT) not in sys.path:
     sys.path.insert(0, str(_CHECKOUT))
 
+import logging  # noqa: E402
+
 import streamlit as st  # noqa: E402
 
 from dashboards import ui  # noqa: E402
+
+# Sign-ins, review decisions and failures log to stderr; basicConfig does nothing when the
+# process has configured logging already.
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+for _name in ("mlflow", "alembic", "urllib3", "httpx", "prefect", "PIL", "matplotlib"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 # No page or page_icon icons: a Material icon makes the browser fetch its favicon from
 # fonts.gstatic.com, and emoji need an emoji font on the viewing machine.

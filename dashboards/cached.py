@@ -26,7 +26,7 @@ def _comparison(
 
 
 def comparison(current: Settings, version: str) -> dict | None:
-    """The stored comparison report of `version`, or None when it was never compared."""
+    """Load the stored comparison report of `version`; None when it was never compared."""
     registry = ui.registry(current)
     uri = registry.client.get_model_version(registry.name, version).tags.get("comparison_uri")
     if not uri:
@@ -48,7 +48,7 @@ def _test_scores(
 
 
 def test_scores(current: Settings, versions: tuple[str, ...]) -> ScoredModels:
-    """Probabilities of the versions on the frozen test images of the current dataset."""
+    """Score the versions on the frozen test images of the current dataset."""
     return _test_scores(
         current.tracking_uri, current.model_name, versions, _metadata_stamp(current), current
     )
@@ -64,7 +64,7 @@ def _overlay(
 
 
 def overlays(current: Settings, version: str, image_id: str) -> np.ndarray:
-    """Grad-CAM++ overlay of the COVID-19 output of `version` on a dataset image."""
+    """Compute the Grad-CAM++ overlay of the COVID-19 output of `version` on a dataset image."""
     return _overlay(current.tracking_uri, current.model_name, version, image_id, current)
 
 
@@ -80,7 +80,7 @@ def _diagnosis(
 def diagnosis(
     current: Settings, version: str, upload: Upload
 ) -> tuple[Diagnosis, dict[str, np.ndarray]]:
-    """Probabilities and Grad-CAM++ overlays of every output for one upload.
+    """Score one upload and compute the Grad-CAM++ overlays of every output.
 
     Raises `ImageDecodeError` (a ValueError) naming the file when it is not a usable image.
     """

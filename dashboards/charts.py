@@ -1,11 +1,11 @@
-"""Altair charts of the Compare page: ROC and precision-recall curves, and calibration."""
+"""Altair charts: ROC and precision-recall curves, calibration, and training histories."""
 
 from __future__ import annotations
 
 import altair as alt
 import pandas as pd
 
-__all__ = ["curve_chart", "calibration_chart"]
+__all__ = ["curve_chart", "calibration_chart", "history_chart"]
 
 
 def curve_chart(curves: dict[str, pd.DataFrame], x: str, y: str, diagonal: bool) -> alt.Chart:
@@ -60,3 +60,18 @@ def calibration_chart(bins: dict[str, pd.DataFrame]) -> alt.Chart:
     line = pd.DataFrame({x: [0.0, 1.0], y: [0.0, 1.0]})
     diagonal = alt.Chart(line).mark_line(strokeDash=[4, 4], color="gray").encode(x=x, y=y)
     return (points + diagonal).properties(height=320)
+
+
+def history_chart(history: pd.DataFrame) -> alt.Chart:
+    """Plot one metric's value per epoch, one line per run; points keep one-epoch runs visible."""
+    return (
+        alt.Chart(history)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y("value:Q", scale=alt.Scale(zero=False)),
+            color="run:N",
+            tooltip=["run", "epoch", "value"],
+        )
+        .properties(height=260)
+    )

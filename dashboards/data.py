@@ -40,6 +40,7 @@ __all__ = [
     "gallery_frame",
     "runs_frame",
     "epoch_history",
+    "display_frame",
 ]
 
 # Per-epoch metrics logged by training at steps 1, 2, ...
@@ -118,7 +119,7 @@ def version_summary(client: MlflowClient, name: str, version: str) -> VersionSum
 
 
 def model_versions_frame(registry: Registry) -> pd.DataFrame:
-    """One row per registered version, newest first, as `ladnn models` lists them."""
+    """List the registered versions, newest first, with the columns of `ladnn models`."""
     versions = registry.client.search_model_versions(f"name = '{registry.name}'")
     rows = []
     for item in sorted(versions, key=lambda v: int(v.version), reverse=True):
@@ -146,11 +147,11 @@ def _format_interval(interval: tuple[float, float]) -> str:
     low, high = interval
     if math.isnan(low) or math.isnan(high):
         return "n/a"
-    return f"{low:.3f}-{high:.3f}"
+    return f"{low:.3f} to {high:.3f}"
 
 
 def dataset_growth(workspace: Workspace) -> pd.DataFrame:
-    """Counts per label and split of every dataset version, oldest first."""
+    """Count the images per label and split of every dataset version, oldest first."""
     rows = []
     for version in list_versions(workspace):
         counts = version.counts
@@ -179,7 +180,7 @@ def growth_long(growth: pd.DataFrame, columns: list[str], group: str) -> pd.Data
 
 
 def load_comparison(client: MlflowClient, name: str, version: str) -> dict | None:
-    """The stored comparison report of a version (tag `comparison_uri`), or None if it has none."""
+    """Load the comparison report at a version's `comparison_uri` tag; None when it has none."""
     uri = client.get_model_version(name, str(version)).tags.get("comparison_uri")
     if not uri:
         return None
@@ -187,7 +188,7 @@ def load_comparison(client: MlflowClient, name: str, version: str) -> dict | Non
 
 
 def comparison_metrics_frame(report: dict) -> pd.DataFrame:
-    """Metrics of both models side by side with the AUC intervals and the paired differences."""
+    """Tabulate both models' metrics side by side with the AUC intervals and paired differences."""
     candidate = report["metrics"]["candidate"]
     champion = report["metrics"].get("champion")
     rows = []
@@ -213,7 +214,7 @@ def comparison_metrics_frame(report: dict) -> pd.DataFrame:
 
 
 def slice_frame(rows: list[dict]) -> pd.DataFrame:
-    """A per-batch or per-subtype table of the report, with a `regression` column.
+    """Build a per-batch or per-subtype table of the report with a `regression` column.
 
     A row regresses when the candidate's AUC or accuracy on it is below the champion's.
     """
@@ -227,7 +228,7 @@ def slice_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def audit_frame(registry: Registry) -> pd.DataFrame:
-    """The audit log of the registered model, newest first."""
+    """List the audit events of the registered model, newest first."""
     rows = [
         {
             "#": event.seq,
@@ -245,7 +246,7 @@ def audit_frame(registry: Registry) -> pd.DataFrame:
 
 
 def validation_frame(workspace: Workspace) -> pd.DataFrame:
-    """Stored data-validation results, newest first, with the path of their Data Docs."""
+    """List the stored data-validation results, newest first, with the path of their Data Docs."""
     rows = []
     for result in reversed(list_results(workspace.validation_dir)):
         docs = result.docs_path
@@ -268,7 +269,7 @@ def validation_frame(workspace: Workspace) -> pd.DataFrame:
 
 
 def quarantine_frame(workspace: Workspace) -> pd.DataFrame:
-    """Quarantined files that are not released, with their reasons."""
+    """List the quarantined files that are not released, with their reasons."""
     rows = [
         {
             "entry": entry.entry_id,
@@ -294,7 +295,10 @@ def gallery_frame(
     splits: list[str] | None = None,
     batches: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Rows of the current dataset matching the filters; `lesion` keeps rows marked present."""
+    """Select the rows of the current dataset that match the filters.
+
+    `lesion` keeps the rows where that lesion is marked present.
+    """
     frame = store.read_metadata()
     if labels:
         frame = frame[frame["label"].isin(labels)]
@@ -316,7 +320,7 @@ def runs_frame(
     backbones: list[str] | None = None,
     variants: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Training runs of the experiment, newest first, optionally filtered by their tags."""
+    """List the training runs of the experiment, newest first, optionally filtered by tags."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return pd.DataFrame()
@@ -349,7 +353,7 @@ def runs_frame(
 
 
 def epoch_history(client: MlflowClient, run_id: str) -> pd.DataFrame:
-    """Per-epoch metrics of a run as (epoch, metric, value) rows."""
+    """Return the per-epoch metrics of a run as (epoch, metric, value) rows."""
     rows = []
     for key in EPOCH_METRICS:
         for metric in client.get_metric_history(run_id, key):
@@ -357,3 +361,19 @@ def epoch_history(client: MlflowClient, run_id: str) -> pd.DataFrame:
                 rows.append({"epoch": metric.step, "metric": key, "value": metric.value})
     frame = pd.DataFrame(rows, columns=["epoch", "metric", "value"])
     return frame.sort_values(["metric", "epoch"]).reset_index(drop=True)
+
+
+def display_frame(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Format float columns as text with `digits` decimals, and missing values as "n/a".
+
+    Streamlit shows a missing value as "None", which reads like a Python error in a report.
+    """
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = [
+                "n/a" if pd.isna(value) else f"{value:.{digits}f}" for value in shown[column]
+            ]
+        elif shown[column].isna().any():
+            shown[column] = shown[column].astype(object).where(shown[column].notna(), "n/a")
+    return shown

@@ -50,7 +50,7 @@ def prefect_api_url() -> str | None:
 
 @contextmanager
 def _client():
-    """A sync Prefect client bound to `PREFECT_API_URL` as the environment has it now.
+    """Open a sync Prefect client for the `PREFECT_API_URL` that the environment has now.
 
     The URL is pinned with `temporary_settings`, because Prefect reads its settings once at import
     and would otherwise start a temporary local server when the URL was unset then.
@@ -74,7 +74,7 @@ def _client():
 
 
 def recent_flow_runs(limit: int = 10) -> pd.DataFrame:
-    """The latest flow runs, newest first, with their flow name and state."""
+    """List the latest flow runs, newest first, with their flow name and state."""
     from prefect.client.schemas.sorting import FlowRunSort
 
     with _client() as client:

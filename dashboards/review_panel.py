@@ -1,6 +1,6 @@
 """Reviewer actions: approve or reject a version, and roll the champion back.
 
-Each action takes two steps. The first button checks the reason and shows what will happen; the
+Each action takes two steps. The first button checks the reason and shows what will happen. The
 decision is applied only after the reviewer ticks the confirmation and presses the second button.
 The panels render no action widgets for analysts.
 """

@@ -48,7 +48,7 @@ def load_registered(cfg: LadnnCfg, workspace: Workspace, version: str | None) ->
 def test_frame_for(
     store: DatasetStore, workspace: Workspace, models: list[LoadedModel]
 ) -> pd.DataFrame:
-    """The frozen test images: no listed model's training split contains them."""
+    """Select the frozen test images, which no listed model's training split contains."""
     return frozen_test_frame(
         store, workspace, [model.spec.get("dataset_version") for model in models]
     )
@@ -106,7 +106,7 @@ def pr_points(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
 
 
 def confusion_frame(y: np.ndarray, p: np.ndarray, threshold: float) -> pd.DataFrame:
-    """2x2 counts at `threshold`: rows are the true class, columns the predicted class."""
+    """Count outcomes at `threshold`, with the true class as rows and the prediction as columns."""
     metrics = threshold_metrics(y, p, threshold)
     return pd.DataFrame(
         {
@@ -118,7 +118,7 @@ def confusion_frame(y: np.ndarray, p: np.ndarray, threshold: float) -> pd.DataFr
 
 
 def calibration_frame(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
-    """Non-empty reliability bins: mean predicted probability against the observed COVID rate."""
+    """Return the non-empty reliability bins (mean predicted probability, observed COVID rate)."""
     bins = reliability_bins(y, p, n_bins=n_bins)
     return bins[bins["count"] > 0].reset_index(drop=True)
 
@@ -126,7 +126,7 @@ def calibration_frame(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.Data
 def explain_overlays(
     loaded: LoadedModel, image: bytes, name: str, outputs: tuple[str, ...] | None = None
 ) -> dict[str, np.ndarray]:
-    """Grad-CAM++ overlays (RGB uint8) of the model's outputs for one encoded image.
+    """Compute Grad-CAM++ overlays (RGB uint8) of the model's outputs for one encoded image.
 
     Raises `ImageDecodeError` (a ValueError) naming `name` when the bytes are not an image.
     """

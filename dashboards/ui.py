@@ -1,4 +1,4 @@
-"""Streamlit pieces shared by the pages: settings, cached stores and models, and the signed-in user."""
+"""Streamlit pieces shared by the pages: settings, the cached registry and models, the user."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _settings_for(environment: tuple[tuple[str, str], ...]) -> Settings:
 
 
 def settings() -> Settings:
-    """The workspace and configuration named by the environment; stops the page if invalid."""
+    """Load the workspace and configuration named by the environment; stop the page if invalid."""
     names = ("LADNN_WORKSPACE", CONFIG_ENV, PROFILE_ENV, OVERRIDES_ENV, "LADNN_DASHBOARD_USERS")
     environment = tuple((name, os.environ.get(name, "")) for name in names)
     try:
@@ -59,7 +59,7 @@ def _registry_for(tracking_uri: str, audit_uri: str, name: str, _settings: Setti
 
 
 def registry(current: Settings) -> Registry:
-    """The review registry of the configured model, with its alias reconciled to the audit log."""
+    """Open the registry of the configured model and reconcile its alias with the audit log."""
     cfg = current.cfg
     opened = _registry_for(
         current.tracking_uri, cfg.tracking.audit_uri, cfg.tracking.registered_model, current
@@ -74,7 +74,7 @@ def _model_for(tracking_uri: str, name: str, version: str, _settings: Settings) 
 
 
 def loaded_model(current: Settings, version: str) -> LoadedModel:
-    """A registered version's network, loaded once per server process."""
+    """Load a registered version's network, once per server process."""
     return _model_for(current.tracking_uri, current.model_name, str(version), current)
 
 
@@ -103,6 +103,7 @@ def sign_in_form(current: Settings) -> None:
             "`ladnn dashboard add-user NAME --role reviewer` (or `--role analyst`)."
         )
         return
+
     failures = st.session_state.get(_FAILED_KEY, (0, 0.0))
     with st.form("sign_in"):
         name = st.text_input("User name", key="sign_in_name")
@@ -110,17 +111,20 @@ def sign_in_form(current: Settings) -> None:
         submitted = st.form_submit_button("Sign in")
     if not submitted:
         return
+
     count, last = failures
     wait = LOCKOUT_SECONDS - (time.monotonic() - last)
     if count >= MAX_FAILED_SIGN_INS and wait > 0:
-        st.error(f"Too many failed sign-ins; try again in {wait:.0f} seconds.")
+        st.error(f"Too many failed sign-ins. Try again in {wait:.0f} seconds.")
         return
+
     user = authenticate(current.users_file, name.strip(), password)
     if user is None:
         st.session_state[_FAILED_KEY] = (count + 1, time.monotonic())
         logger.warning("failed dashboard sign-in for user name %r", name.strip())
         st.error("Unknown user name or wrong password.")
         return
+
     st.session_state.pop(_FAILED_KEY, None)
     st.session_state[USER_KEY] = {"name": user.name, "role": user.role}
     logger.info("dashboard user %s signed in as %s", user.name, user.role)

@@ -10,7 +10,8 @@ from prefect.events import emit_event
 from ladnn.config import LadnnCfg
 from ladnn.cycle import data_root
 from ladnn.data.layouts import BatchKind, read_batch
-from ladnn.data.operations import BatchImport, import_batch
+from ladnn.data.operations import BatchImport, ImportLockedError, import_batch
+from ladnn.data.versioning import DvcError
 from ladnn.data.store import DatasetStore
 from ladnn.monitoring.drift import measure_drift
 from ladnn.registry.loading import load_version
@@ -21,7 +22,24 @@ from pipelines.common import DATASET_VERSION_CREATED, DRIFT_DETECTED, resolve
 __all__ = ["ingest_flow"]
 
 
-@task(name="import-batch", retries=2, retry_delay_seconds=[5, 30], timeout_seconds=3600)
+def _retry_store_errors(task, task_run, state) -> bool:
+    """Retry failures of the stores (DVC, the dataset lock), not invalid batches."""
+    try:
+        state.result()
+    except (DvcError, ImportLockedError):
+        return True
+    except Exception:  # noqa: BLE001 - anything else is a property of the batch
+        return False
+    return False
+
+
+@task(
+    name="import-batch",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_retry_store_errors,
+    timeout_seconds=3600,
+)
 def import_batch_task(
     cfg: LadnnCfg, workspace: Workspace, source: str, kind: BatchKind, label: int | None
 ) -> BatchImport:

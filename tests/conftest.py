@@ -14,6 +14,10 @@ from ladnn.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Tests send traffic only to this machine: no Prefect or DVC usage statistics.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
 
 def _datasets_dir() -> Path:
     configured = os.environ.get("LADNN_DATASETS")

@@ -1,8 +1,8 @@
 """A small real workspace for the dashboard tests, built once per test session.
 
-60 release images (both classes, every split) and one undecodable file are imported, two tiny
-LA-DNN models are trained and registered, the first is promoted with an override and the second is
-compared with lenient gates, so it becomes the challenger.
+It imports 60 release images (both classes, every split) and one undecodable file, then trains and
+registers two tiny LA-DNN models. The first is promoted with an override. The second is compared
+with lenient gates, so it becomes the challenger.
 
 Tests that change the review state work on their own copy of the MLflow database (`clone`), which
 also holds the audit log; the artifacts, dataset and workspace folders are shared and read-only.
@@ -62,7 +62,7 @@ class DashboardWorkspace:
         }
 
     def clone(self, folder: Path) -> DashboardWorkspace:
-        """Copy the MLflow database (registry, runs and audit log) so review decisions stay local."""
+        """Copy the MLflow database (registry, runs, audit log), so review decisions stay local."""
         folder.mkdir(parents=True, exist_ok=True)
         database = folder / "mlflow.db"
         shutil.copyfile(self.workspace / "mlflow" / "mlflow.db", database)

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from dashboard_workspace import PASSWORDS, shared_workspace
+from dashboard_workspace import PASSWORDS, DashboardWorkspace, shared_workspace
 
 from ladnn.registry.workflow import open_registry
 from ladnn.workspace import Workspace
@@ -62,15 +62,8 @@ def _wait_for_health(url: str, process: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"no answer from {url}/_stcore/health after {SERVER_START_SECONDS} s")
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, release_dir: Path):
-    """Start `ladnn dashboard` on a private copy of the registry; yield the URL and workspace."""
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: install it with `apt-get install -y chromium`")
-    built = shared_workspace(tmp_path_factory, release_dir)
-    workspace = built.clone(tmp_path_factory.mktemp("browser-registry"))
-    port = _free_port()
-    log = tmp_path_factory.mktemp("browser-server") / "dashboard.log"
+def _start_dashboard(workspace: DashboardWorkspace, port: int, log: Path) -> subprocess.Popen:
+    """Run `ladnn dashboard` on the workspace's private registry, with no Prefect server."""
     environment = {**os.environ, "LADNN_DASHBOARD_USERS": str(workspace.users_file)}
     environment.pop("PREFECT_API_URL", None)
     settings = [
@@ -92,14 +85,27 @@ def served(tmp_path_factory, release_dir: Path):
         "127.0.0.1",
     ]
     with log.open("w") as output:
-        # A session of its own, so stopping it stops the Streamlit child process too.
-        process = subprocess.Popen(
+        # A session of its own, so stopping its process group stops the Streamlit child too.
+        return subprocess.Popen(
             command,
             env=environment,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, release_dir: Path):
+    """Serve the dashboard on a free port; yield its URL and workspace, then stop it."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: install it with `apt-get install -y chromium`")
+    built = shared_workspace(tmp_path_factory, release_dir)
+    workspace = built.clone(tmp_path_factory.mktemp("browser-registry"))
+    log = tmp_path_factory.mktemp("browser-server") / "dashboard.log"
+    port = _free_port()
+    process = _start_dashboard(workspace, port, log)
+
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for_health(url, process, log)

@@ -1,4 +1,4 @@
-"""The dashboard's plain functions (users, stores, reports, uploads) against a real small workspace."""
+"""The dashboard's plain functions (users, stores, reports, uploads) on a real small workspace."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from dashboard_workspace import BROKEN_FILE_NAME, PASSWORDS, DashboardWorkspace, shared_workspace
@@ -258,6 +259,17 @@ def test_audit_frame_newest_first(built: DashboardWorkspace):
     audit = data.audit_frame(registry)
     assert audit.iloc[0]["action"] == "promote (override)"
     assert audit.iloc[0]["to"] == built.champion
+
+
+def test_display_frame_marks_missing_values():
+    frame = pd.DataFrame(
+        {"auc": [0.81234, np.nan], "interval": ["0.700-0.900", None], "n": [20, 10]}
+    )
+    shown = data.display_frame(frame)
+    assert shown["auc"].tolist() == ["0.812", "n/a"]
+    assert shown["interval"].tolist() == ["0.700-0.900", "n/a"]
+    assert shown["n"].tolist() == [20, 10]
+    assert frame["auc"].isna().tolist() == [False, True]
 
 
 # Scoring and uploads

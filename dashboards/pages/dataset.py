@@ -70,9 +70,9 @@ pages = max(1, -(-len(selected) // GALLERY_PAGE_SIZE))
 page = st.number_input(
     f"{len(selected)} image(s); page (of {pages})", 1, pages, 1, key="gallery_page"
 )
-shown = selected.iloc[(page - 1) * GALLERY_PAGE_SIZE : page * GALLERY_PAGE_SIZE]
+page_rows = selected.iloc[(page - 1) * GALLERY_PAGE_SIZE : page * GALLERY_PAGE_SIZE]
 columns = st.columns(GALLERY_COLUMNS)
-for index, row in enumerate(shown.itertuples(index=False)):
+for index, row in enumerate(page_rows.itertuples(index=False)):
     kind = "COVID" if row.label == 1 else "negative"
     columns[index % GALLERY_COLUMNS].image(
         str(store.image_path(row.image_id)),

@@ -3,7 +3,10 @@ reviewers contribute the slices to the inbox."""
 
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
+from mlflow.exceptions import MlflowException
 
 from dashboards import cached, ui
 from dashboards.uploads import (
@@ -15,6 +18,8 @@ from dashboards.uploads import (
 )
 from ladnn.evaluation.registered import ModelNotFoundError, choose_version
 
+logger = logging.getLogger("ladnn.dashboard")
+
 current = ui.settings()
 user = ui.require_user(current)
 registry = ui.registry(current)
@@ -25,7 +30,12 @@ try:
 except ModelNotFoundError as err:
     st.info(f"No model to diagnose with: {err}")
     st.stop()
-loaded = ui.loaded_model(current, version)
+try:
+    loaded = ui.loaded_model(current, version)
+except (ModelNotFoundError, MlflowException, OSError) as err:
+    logger.warning("loading model version %s failed: %s", version, err)
+    st.error(f"Could not load {registry.name} version {version}: {err}")
+    st.stop()
 st.write(
     f"Model: **{registry.name} version {version}** ({reason}); {loaded.spec['variant']} on "
     f"{loaded.spec['backbone']}, decision threshold {loaded.threshold:.3f}."
@@ -78,6 +88,7 @@ for upload in uploads:
         result, overlays = cached.diagnosis(current, version, upload)
     except (ValueError, OSError) as err:
         message = str(err)
+        logger.info("upload %s by %s could not be scored: %s", upload.name, user.name, message)
         if not message.startswith(upload.name):
             message = f"{upload.name}: {message}"
         st.error(f"Could not score {upload.name}. {message}")
@@ -114,6 +125,8 @@ if usable and user.is_reviewer:
                 source=source.strip() or "dashboard upload",
             )
         except (ValueError, OSError) as err:
+            logger.warning("contribution by %s to %s failed: %s", user.name, current.inbox_dir, err)
             st.error(f"The slices were not added to the inbox: {err}")
         else:
+            logger.info("%s added %d slice(s) to %s", user.name, len(usable), folder)
             st.success(f"Added {len(usable)} slice(s) to {folder}.")

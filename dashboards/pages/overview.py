@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import streamlit as st
 
 from dashboards import data, ui
 from dashboards.orchestration import PrefectUnavailable, prefect_api_url, recent_flow_runs
 from dashboards.retrain_panel import retrain_panel
+
+logger = logging.getLogger("ladnn.dashboard")
 
 current = ui.settings()
 user = ui.require_user(current)
@@ -35,7 +39,7 @@ for column, role, version in (
             ui.format_number(summary.test_auc),
             help="ROC AUC on the official test split at registration",
         )
-        metric_columns[0].caption(f"95% CI {ui.format_number(low)}-{ui.format_number(high)}")
+        metric_columns[0].caption(f"95% CI {ui.format_number(low)} to {ui.format_number(high)}")
         metric_columns[1].metric("Sensitivity", ui.format_number(summary.sensitivity))
         metric_columns[2].metric("Specificity", ui.format_number(summary.specificity))
         st.caption(
@@ -74,6 +78,7 @@ else:
     try:
         runs = recent_flow_runs()
     except (PrefectUnavailable, httpx.HTTPError) as err:
+        logger.warning("reading Prefect flow runs failed: %s", err)
         st.warning(f"Prefect flow runs are not available: {err}")
     else:
         if runs.empty:

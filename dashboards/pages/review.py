@@ -35,7 +35,7 @@ versions = data.model_versions_frame(registry)
 if versions.empty:
     st.caption("No version is registered yet.")
 else:
-    st.dataframe(versions.style.format(precision=3, na_rep="n/a"), hide_index=True)
+    st.dataframe(data.display_frame(versions), hide_index=True)
 
 st.header("Audit log")
 audit = data.audit_frame(registry)

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import data, ui
+from dashboards.charts import history_chart
 
 current = ui.settings()
 user = ui.require_user(current)
@@ -26,7 +27,7 @@ runs = data.runs_frame(client, experiment, backbones=backbones, variants=variant
 if runs.empty:
     st.caption("No run matches these filters.")
     st.stop()
-st.dataframe(runs.style.format(precision=3, na_rep="n/a"), hide_index=True)
+st.dataframe(data.display_frame(runs), hide_index=True)
 
 st.header("Training curves")
 chosen = st.multiselect(
@@ -46,7 +47,7 @@ if histories:
     metrics = sorted(combined["metric"].unique())
     for start in range(0, len(metrics), 2):
         for column, metric in zip(st.columns(2), metrics[start : start + 2], strict=False):
-            column.subheader(metric)
-            column.line_chart(
-                combined[combined["metric"] == metric], x="epoch", y="value", color="run"
+            column.subheader(metric.removeprefix("epoch_"))
+            column.altair_chart(
+                history_chart(combined[combined["metric"] == metric]), width="stretch"
             )

@@ -96,6 +96,7 @@ def main(
     os.environ[WORKSPACE_ENV] = str(space.root)
     os.environ.setdefault("PREFECT_HOME", str(space.prefect_home))
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
     ctx.obj = Context(space, config, list(overrides or []), profile)
@@ -123,13 +124,19 @@ def cycle(
     """Run one whole cycle: import, check, version, train, evaluate and register (a Prefect flow)."""
     state: Context = ctx.obj
     extra = [f"data.release={release.resolve()}"] if release else []
-    cfg = state.config(extra)
-    from ladnn.cycle import format_summary
+    try:
+        cfg = state.config(extra)
+    except ValueError as err:
+        _fail(str(err))
+    from ladnn.cycle import format_summary, release_dir
     from pipelines.cycle import cycle_flow
 
+    source = batch.resolve() if batch else release_dir(cfg)
+    if not source.exists():
+        _fail(f"batch not found at {source}: set --release, --batch or LADNN_DATASETS")
     try:
         summary = cycle_flow(
-            source=str(batch.resolve()) if batch else None,
+            source=str(source),
             config_path=str(state.config_path) if state.config_path else None,
             overrides=[*state.overrides, *extra],
             profile=cfg.profile,
@@ -139,7 +146,7 @@ def cycle(
         )
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    console.print(format_summary(summary))
+    console.print(format_summary(summary), soft_wrap=True, markup=False)
 
 
 def _run_import(state: Context, batch_id: str, items: list) -> None:
@@ -416,11 +423,16 @@ def models(ctx: typer.Context) -> None:
         "created",
     )
     versions = client.search_model_versions(f"name = '{name}'")
+    # Searched versions come without their aliases, so they are read from the registered model.
+    aliases: dict[str, list[str]] = {}
+    if versions:
+        for alias, number in client.get_registered_model(name).aliases.items():
+            aliases.setdefault(str(number), []).append(alias)
     for version in sorted(versions, key=lambda v: int(v.version)):
         tags = version.tags
         table.add_row(
             str(version.version),
-            ", ".join(version.aliases or []),
+            ", ".join(sorted(aliases.get(str(version.version), []))),
             tags.get("review_state", ""),
             tags.get("gate_state", "-"),
             tags.get("dataset_version", ""),
@@ -1000,7 +1012,7 @@ app.add_typer(dashboard_app, name="dashboard")
 
 
 def _checkout_root() -> Path:
-    """The source checkout holding `dashboards/`; the dashboard is not part of the wheel."""
+    """Return the source checkout that contains `dashboards/`, which the wheel does not include."""
     import ladnn
 
     return Path(ladnn.__file__).resolve().parents[2]

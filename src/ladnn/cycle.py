@@ -149,7 +149,7 @@ def format_summary(summary: CycleSummary) -> str:
         f"Trained {summary.run.tags['variant']} on {summary.run.tags['backbone']} "
         f"(pretrained: {summary.run.pretrained}) in {summary.run.train_seconds:.0f} s, "
         f"best epoch {summary.run.best_epoch}, validation AUC {val['auc']:.3f}",
-        f"Official test split ({summary.run.test.n_images} images), threshold "
+        f"Test split of {summary.dataset_version} ({summary.run.test.n_images} images), threshold "
         f"{summary.run.threshold:.3f} frozen on validation:",
         f"  AUC          {test['auc']:.3f}  (95% CI {test['auc_ci_low']:.3f}-{test['auc_ci_high']:.3f})",
         f"  sensitivity  {test['sensitivity']:.3f}",

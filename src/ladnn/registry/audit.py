@@ -71,7 +71,7 @@ def audit_database_url(tracking_uri: str, audit_uri: str = "") -> str:
         return tracking_uri
     raise ValueError(
         f"tracking URI {tracking_uri!r} is not a database, so the audit log needs its own: set "
-        "tracking.audit_uri to a SQLAlchemy URL (e.g. postgresql://host/ladnn)"
+        "tracking.audit_uri to a SQLAlchemy URL (e.g. postgresql+psycopg2://host/ladnn)"
     )
 
 
@@ -141,7 +141,14 @@ class AuditLog:
         try:
             with self.engine.begin() as connection:
                 connection.execute(sa.insert(_EVENTS).values(**values))
-        except (IntegrityError, OperationalError) as err:
+        except OperationalError as err:
+            if "locked" not in str(err).lower():
+                raise
+            raise ConcurrentReviewError(
+                f"another review decision on {model_name} is being recorded (database locked); "
+                "try again in a moment"
+            ) from err
+        except IntegrityError as err:
             raise ConcurrentReviewError(
                 f"another review decision on {model_name} was recorded at the same time "
                 f"(event {event.seq}); reload the registry state and decide again"

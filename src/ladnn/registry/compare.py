@@ -246,6 +246,10 @@ def _format(value: float) -> str:
     )
 
 
+def _signed(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:+.3f}"
+
+
 def render_markdown(report: ComparisonReport) -> str:
     """The report as Markdown: metrics side by side, paired differences, DeLong, batches, gates."""
     champion = report.champion
@@ -274,7 +278,7 @@ def render_markdown(report: ComparisonReport) -> str:
                 champ_cell += f" ({_format(champ['auc_ci_low'])}-{_format(champ['auc_ci_high'])})"
             diff = report.differences[name]
             lines.append(
-                f"| {name} | {cell} | {champ_cell} | {diff['difference']:+.3f} "
+                f"| {name} | {cell} | {champ_cell} | {_signed(diff['difference'])} "
                 f"({_format(diff['ci_low'])} to {_format(diff['ci_high'])}) |"
             )
         else:

@@ -57,6 +57,10 @@ class Registry:
         except MlflowException:
             raise ReviewError(f"model {self.name} has no version {version}") from None
 
+    def require_version(self, version: str) -> None:
+        """Raise `ReviewError` unless the registered model has `version`."""
+        self._version(version)
+
     def reconcile(self) -> None:
         """Make the `champion` alias agree with the last champion event of the audit log."""
         event = self.audit.last_champion_event(self.name)
@@ -178,22 +182,46 @@ class Registry:
         return event
 
     def rollback(self, *, reviewer: str, reason: str) -> AuditEvent:
-        """Move `champion` back to the version it replaced."""
+        """Move `champion` back to the version it replaced.
+
+        Rollbacks walk back through the promotions: after a rollback from B to A, the next one
+        goes to the champion before A, never forward to B again.
+        """
         _require_reviewer(reviewer, reason)
         self.reconcile()
         expected = self.audit.last_seq(self.name)
-        event = self.audit.last_champion_event(self.name)
-        if event is None or event.from_version is None:
+        target = self._rollback_target()
+        if target is None:
             raise ReviewError(f"model {self.name} has no earlier champion to roll back to")
+        current = self.champion()
         return self._move_champion(
             action="rollback",
-            target=event.from_version,
+            target=target,
             reviewer=reviewer,
             reason=reason,
             comparison=None,
-            details={"replaced": event.to_version},
+            details={"replaced": current},
             expected=expected,
         )
+
+    def _rollback_target(self) -> str | None:
+        """The champion before the current one, skipping versions that were rolled back."""
+        history: list[str | None] = []
+        for event in self.audit.events(self.name):
+            if event.action == "promote":
+                history.append(event.to_version)
+            elif event.action == "rollback" and history:
+                history.pop()
+        if len(history) < 2:
+            first = self.audit.last_champion_event(self.name)
+            if (
+                first is not None
+                and len(history) == 1
+                and first.from_version not in (None, history[0])
+            ):
+                return first.from_version
+            return None
+        return history[-2]
 
 
 def _require_reviewer(reviewer: str, reason: str) -> None:

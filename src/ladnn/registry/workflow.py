@@ -72,6 +72,9 @@ def compare_versions(
     if champion == str(candidate):
         raise ReviewError(f"version {candidate} is the champion; compare another version with it")
     client = registry.client
+    registry.require_version(candidate)
+    if champion:
+        registry.require_version(champion)
     loaded_candidate = load_version(client, registry.name, candidate)
     loaded_champion = load_version(client, registry.name, champion) if champion else None
     frame = frozen_test_frame(
