@@ -11,8 +11,8 @@ from ladnn.config import LadnnCfg
 from ladnn.cycle import data_root
 from ladnn.data.layouts import BatchKind, read_batch
 from ladnn.data.operations import BatchImport, ImportLockedError, import_batch
-from ladnn.data.versioning import DvcError
 from ladnn.data.store import DatasetStore
+from ladnn.data.versioning import DvcError
 from ladnn.monitoring.drift import measure_drift
 from ladnn.registry.loading import load_version
 from ladnn.registry.workflow import open_registry
