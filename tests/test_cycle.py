@@ -60,6 +60,7 @@ def test_cycle_logs_run_with_dataset(two_cycles):
     run = MlflowClient().get_run(first.run_id)
     assert run.data.tags["dataset_version"] == "v1"
     assert run.data.tags["pretrained"] == "true"
+    assert run.data.tags["validation_result_id"].startswith("val-")
     for name in (
         "test_auc",
         "test_sensitivity",

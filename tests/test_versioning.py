@@ -107,3 +107,34 @@ def test_commit_without_dataset(tmp_path, workspace):
         commit_version(tmp_path / "empty", workspace, "batch-1")
 
     assert "import" in str(caught.value)
+
+
+def _cache_files(folder: Path) -> dict[Path, tuple[int, int]]:
+    return {
+        path: (path.stat().st_ino, path.stat().st_mtime_ns)
+        for path in (folder / "files").rglob("*")
+        if path.is_file()
+    }
+
+
+def test_new_version_copies_only_batch(tmp_path, workspace, release_dir):
+    root = tmp_path / "incremental"
+    root.mkdir()
+    # Images from different figures, so no two are near-duplicates of another patient.
+    images = sorted((release_dir / "CT_COVID").glob("*.png"))[::40][:8]
+    _import(root, images[:5], "batch-1")
+    commit_version(root, workspace, "batch-1")
+    cache_before = _cache_files(workspace.dvc_cache)
+    remote_before = _cache_files(workspace.dvc_remote)
+
+    _import(root, images[5:], "batch-2")
+    commit_version(root, workspace, "batch-2")
+    cache_after = _cache_files(workspace.dvc_cache)
+    remote_after = _cache_files(workspace.dvc_remote)
+
+    untouched = {path: cache_after.get(path) == stamp for path, stamp in cache_before.items()}
+    assert all(untouched.values()), [path for path, same in untouched.items() if not same]
+    # Three new images, the new metadata.csv and the new directory listing.
+    assert len(cache_after) - len(cache_before) == 5
+    assert len(remote_after) - len(remote_before) == 5
+    assert all(remote_after.get(path) == stamp for path, stamp in remote_before.items())

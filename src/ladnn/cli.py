@@ -556,6 +556,50 @@ def flows_serve(
     serve_flows(str(state.workspace.root), inbox_interval, state.overrides)
 
 
+@app.command()
+def serve(
+    ctx: typer.Context,
+    alias: Annotated[str, typer.Option(help="Registry alias to serve.")] = "champion",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 5001,
+) -> None:
+    """Serve a registered version (the champion by default) over REST with MLflow's model server.
+
+    POST /invocations with {"dataframe_split": {"columns": ["image"], "data": [[<base64 PNG>]]}};
+    each answer row carries `model_version`.
+    """
+    import subprocess
+
+    from ladnn.tracking.pyfunc import SERVED_VERSION_ENV
+
+    state: Context = ctx.obj
+    registry = _open_registry(state)
+    try:
+        version = registry.client.get_model_version_by_alias(registry.name, alias).version
+    except Exception:  # noqa: BLE001 - MLflow raises its generic exception for a missing alias
+        _fail(f"model {registry.name} has no version with alias {alias!r}; promote one first")
+    environment = {**os.environ, SERVED_VERSION_ENV: f"{registry.name}/{version}"}
+    console.print(
+        f"serving {registry.name} version {version} ({alias}) on http://{host}:{port}/invocations"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{registry.name}/{version}",
+        "--env-manager",
+        "local",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    raise typer.Exit(subprocess.call(command, env=environment))
+
+
 def _open_registry(state: Context):
     from ladnn.registry.workflow import open_registry
 

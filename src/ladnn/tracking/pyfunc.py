@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 OUTPUT_COLUMNS = ("covid_probability", *LESIONS, "covid_positive")
+SERVED_VERSION_ENV = "LADNN_SERVED_MODEL_VERSION"
 
 MODEL_SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.binary, "image")]),
@@ -113,6 +115,11 @@ class LadnnPyfunc(mlflow.pyfunc.PythonModel):
             result[lesion] = probabilities[:, index] if probabilities.shape[1] > 1 else math.nan
         threshold = float(self.spec["threshold"])
         result["covid_positive"] = (result["covid_probability"] >= threshold).astype("int64")
+        # `ladnn serve` names the registered version it serves, so every answer says which
+        # model produced it.
+        served = os.environ.get(SERVED_VERSION_ENV)
+        if served:
+            result["model_version"] = served
         return result
 
 

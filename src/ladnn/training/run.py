@@ -143,7 +143,8 @@ def run_training(
     tags = {
         "dataset_version": version.name,
         "dataset_md5": version.md5,
-        "validation_result_id": validation_id or "none",
+        # Every validation that admitted a batch of this dataset version, oldest first.
+        "validation_result_id": validation_id or ",".join(version.validation_ids) or "none",
         "backbone": cfg.model.backbone,
         "variant": cfg.model.variant,
         "profile": cfg.profile,
