@@ -59,7 +59,6 @@ def _dicom_to_png(upload: Upload) -> bytes:
             f"{upload.name}: DICOM files need the Python package pydicom, which is not installed "
             "on this server; install it (pip install pydicom) or upload a PNG or JPEG export"
         )
-    # NOTE: this path runs only where pydicom is installed, which the test environment lacks.
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut

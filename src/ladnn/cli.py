@@ -44,7 +44,17 @@ app.add_typer(quarantine_app, name="quarantine")
 console = Console()
 logger = logging.getLogger("ladnn")
 
-_QUIET_LOGGERS = ("mlflow", "alembic", "urllib3", "httpx", "prefect", "dvc", "PIL", "matplotlib")
+_QUIET_LOGGERS = (
+    "mlflow",
+    "alembic",
+    "urllib3",
+    "httpx",
+    "prefect",
+    "dvc",
+    "PIL",
+    "matplotlib",
+    "great_expectations",
+)
 
 
 @dataclass
