@@ -641,7 +641,7 @@ def compare(
         )
     except (ReviewError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
-    console.print(markdown, markup=False)
+    console.print(markdown, markup=False, soft_wrap=True)
     if report.gates_passed:
         console.print(
             f"gates passed; version {candidate} is the challenger" if propose else "gates passed"
