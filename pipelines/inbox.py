@@ -1,8 +1,10 @@
 """The `ingest-inbox` flow: ingest every batch dropped into `<workspace>/inbox/`.
 
 A batch is a folder or a zip archive placed in the inbox. It is ingested once it has not changed
-for `settle_seconds` (so half-copied batches wait), then moved to `inbox/processed/` or, when
-its import fails, to `inbox/failed/` with the error in a `.error.txt` file beside it.
+for `settle_seconds` (so half-copied batches wait). A run first claims it by renaming it into
+`inbox/processing/`, so two runs never ingest the same batch; afterwards it moves to
+`inbox/processed/` or, when its import fails, to `inbox/failed/` with the error in a `.error.txt`
+file beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pipelines.ingest import ingest_flow
 
 __all__ = ["inbox_flow", "pending_batches"]
 
-_SKIP = {"processed", "failed"}
+_SKIP = {"processed", "failed", "processing"}
 
 
 def _latest_change(path: Path) -> float:
@@ -66,7 +68,14 @@ def inbox_flow(
     inbox = space.root / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     results = []
-    for entry in pending_batches(inbox, settle_seconds):
+    for pending in pending_batches(inbox, settle_seconds):
+        entry = inbox / "processing" / pending.name
+        entry.parent.mkdir(exist_ok=True)
+        try:
+            pending.rename(entry)
+        except FileNotFoundError:
+            logger.info("batch %s was claimed by another run", pending.name)
+            continue
         logger.info("ingesting %s from the inbox", entry.name)
         try:
             summary = ingest_flow(

@@ -32,6 +32,7 @@ def build_deployments(
         inbox_flow.to_deployment(
             name="inbox",
             interval=timedelta(seconds=inbox_interval_seconds),
+            concurrency_limit=1,
             parameters=common,
             description="Ingest batches dropped into <workspace>/inbox/.",
         ),

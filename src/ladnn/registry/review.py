@@ -2,7 +2,7 @@
 
 The audit log is the commit point. A promotion first appends its event (which fails when another
 decision was recorded concurrently), then moves the `champion` alias. If the process dies between
-the two, `reconcile` (run before every decision and listing) moves the alias to where the log says.
+the two, `reconcile` (run before every decision and listing) moves the alias to the version the log records.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Registry:
             return
         if self.champion() != event.to_version:
             logger.warning(
-                "champion alias of %s was %s but the audit log says %s (event %d); repairing",
+                "champion alias of %s was %s but the audit log records %s (event %d); repairing the alias",
                 self.name,
                 self.champion(),
                 event.to_version,
@@ -205,7 +205,7 @@ class Registry:
         )
 
     def _rollback_target(self) -> str | None:
-        """The champion before the current one, skipping versions that were rolled back."""
+        """Return the champion before the current one, skipping versions that were rolled back."""
         history: list[str | None] = []
         for event in self.audit.events(self.name):
             if event.action == "promote":
