@@ -309,14 +309,6 @@ def test_diagnose_upload_names_broken_file(built: DashboardWorkspace):
         uploads.diagnose_upload(loaded, uploads.Upload("notes.png", b"meeting notes, not pixels"))
 
 
-@pytest.mark.skipif(uploads.DICOM_AVAILABLE, reason="pydicom is installed")
-def test_dicom_upload_without_pydicom_says_so():
-    upload = uploads.Upload("slice.dcm", b"\0" * 128 + b"DICM" + b"\0" * 64)
-    assert upload.is_dicom
-    with pytest.raises(ImageDecodeError, match=r"^slice\.dcm: .*pydicom"):
-        uploads.decode_upload(upload)
-
-
 def test_contribution_reads_back_as_batch(tmp_path: Path, release_dir: Path):
     inbox = tmp_path / "inbox"
     files = [
