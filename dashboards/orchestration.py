@@ -33,7 +33,7 @@ API_TIMEOUT_SECONDS = 5.0
 
 
 class PrefectUnavailable(RuntimeError):
-    """No Prefect API is configured, or it does not answer."""
+    """No Prefect API is configured, or it does not respond."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What every flow needs first: the resolved configuration and the workspace."""
+"""Resolution of each flow's configuration and workspace, and the events the flows emit."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def review_flow(
 ) -> dict:
     """Pick the candidate with the best validation AUC (never the test split), compare it with the
     champion and mark it `challenger` when its gates pass. With `wait_for_decision`, the run pauses
-    until a reviewer answers (Prefect UI or `prefect flow-run resume`) and applies the decision."""
+    until a reviewer responds (Prefect UI or `prefect flow-run resume`) and applies the decision."""
     logger = get_run_logger()
     cfg, space = resolve(config_path, overrides, profile, workspace)
     registry = open_registry(cfg, space)

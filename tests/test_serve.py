@@ -1,4 +1,4 @@
-"""`ladnn serve`: the champion over REST through MLflow's model server, answers naming the version."""
+"""`ladnn serve`: the champion over REST through MLflow's model server; responses name the version."""
 
 from __future__ import annotations
 

@@ -531,7 +531,7 @@ def flows_review(
     ctx: typer.Context,
     candidates: Annotated[list[str], typer.Argument(help="Candidate model versions.")],
     wait: Annotated[
-        bool, typer.Option(help="Pause until a reviewer answers in the Prefect UI, then apply it.")
+        bool, typer.Option(help="Pause until a reviewer responds in the Prefect UI, then apply the decision.")
     ] = False,
 ) -> None:
     """Run the review flow: compare the best candidate with the champion and apply the gates."""
@@ -578,7 +578,7 @@ def serve(
     """Serve a registered version (the champion by default) over REST with MLflow's model server.
 
     POST /invocations with {"dataframe_split": {"columns": ["image"], "data": [[<base64 PNG>]]}};
-    each answer row carries `model_version`.
+    each response row contains `model_version`.
     """
     import subprocess
 

@@ -36,7 +36,7 @@ class DataCfg:
     # Folder of the COVID-CT release (CT_COVID/, CT_NonCOVID/, lesion-labels/); empty means
     # `$LADNN_DATASETS/covid-ct`.
     release: str = ""
-    # Folder that holds the DVC-tracked `data/` and its pointer `data.dvc`; empty means the
+    # Folder that contains the DVC-tracked `data/` and its pointer `data.dvc`; empty means the
     # current directory.
     root: str = ""
 
@@ -154,7 +154,7 @@ class LadnnCfg:
 
 
 def config_to_dict(cfg: LadnnCfg) -> dict[str, Any]:
-    """The configuration as plain YAML- and JSON-safe values (tuples become lists)."""
+    """Convert the configuration to plain YAML- and JSON-safe values (tuples become lists)."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, dict):

@@ -3,7 +3,7 @@
 (`New_COVIDCT_meta(update to 5.18).csv`, ...).
 
 An image listed in a metadata file takes its labels, collection date and source from it; an image
-listed nowhere gets what the batch tells: its label from the zip's class, lesions unknown, the
+listed nowhere gets what the batch implies: its label from the zip's class, lesions unknown, the
 folder's date, and the batch as its source. Patients are grouped by `sources.patient_group`.
 """
 

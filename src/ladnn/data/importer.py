@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ImportItem:
-    """One source image and everything its publisher says about it."""
+    """One source image and all metadata its publisher gives for it."""
 
     file_name: str
     read_bytes: Callable[[], bytes]

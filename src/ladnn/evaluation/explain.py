@@ -104,7 +104,7 @@ def explain_image(
 
     `image` is a decoded PIL image, encoded bytes or a file path. Bytes and files are decoded as
     the importer decodes them, and raise `ImageDecodeError` naming `name` (or the path) when they
-    are not a valid image. The model sees the image as training did: grey, resized to
+    are not a valid image. The model receives the image as in training: grey, resized to
     `image_size` and normalised with the backbone's mean and std. The maps are resized to the
     image's size.
 

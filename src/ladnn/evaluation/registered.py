@@ -7,12 +7,10 @@ the safetensors weights and JSON description in its pyfunc artifacts, so no pick
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -25,7 +23,7 @@ from ladnn.data.store import DatasetStore
 from ladnn.evaluation.report import EvaluationResult, evaluate_probabilities, evaluate_slices
 from ladnn.models.backbones import BACKBONES, BackboneSpec
 from ladnn.models.ladnn import LADNN, OUTPUT_NAMES
-from ladnn.tracking.pyfunc import load_model_files
+from ladnn.tracking.pyfunc import load_logged_model
 from ladnn.tracking.store import configure_mlflow
 from ladnn.training.images import ImageCache, load_image_tensor
 from ladnn.training.trainer import predict
@@ -103,18 +101,10 @@ def choose_version(client: MlflowClient, name: str, version: str | None) -> tupl
 
 
 def _load_from_uri(artifact_uri: str) -> tuple[LADNN, dict]:
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=scratch)
-        )
-        weights = folder / "artifacts" / "weights.safetensors"
-        description = folder / "artifacts" / "model.json"
-        if not weights.is_file() or not description.is_file():
-            raise ModelNotFoundError(
-                f"{artifact_uri} is not an LA-DNN model: artifacts/weights.safetensors or "
-                "artifacts/model.json is missing"
-            )
-        return load_model_files(weights, description)
+    try:
+        return load_logged_model(artifact_uri)
+    except FileNotFoundError as err:
+        raise ModelNotFoundError(str(err)) from None
 
 
 def load_model(

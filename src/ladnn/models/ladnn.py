@@ -66,7 +66,7 @@ def ladnn_loss(
 ) -> torch.Tensor:
     """Per-element binary cross-entropy with unknown lesions masked out.
 
-    `covid` holds 0/1 targets of shape (N,). `lesions` has shape (N, 5) with 0, 1 or NaN for
+    `covid` contains 0/1 targets of shape (N,). `lesions` has shape (N, 5) with 0, 1 or NaN for
     unknown; NaN terms contribute nothing. The COVID term is weighted `covid_weight` and every known
     lesion term 1; the sum is divided by the total weight of the terms that count, so a batch without
     any known lesion reduces to the COVID loss alone.

@@ -64,7 +64,7 @@ class AuditEvent:
 
 
 def audit_database_url(tracking_uri: str, audit_uri: str = "") -> str:
-    """The audit log lives in the tracking store's database unless `audit_uri` names another."""
+    """Return the audit log's database URL: the tracking store's own, unless `audit_uri` names another."""
     if audit_uri:
         return audit_uri
     if tracking_uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):

@@ -251,7 +251,7 @@ def _signed(value: float) -> str:
 
 
 def render_markdown(report: ComparisonReport) -> str:
-    """The report as Markdown: metrics side by side, paired differences, DeLong, batches, gates."""
+    """Render the report as Markdown: metrics side by side, paired differences, DeLong, batches, gates."""
     champion = report.champion
     lines = [
         f"# {report.model_name}: candidate v{report.candidate} against "

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
@@ -15,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from ladnn.data.store import DatasetStore
 from ladnn.models.ladnn import LADNN
-from ladnn.tracking.pyfunc import load_model_files
+from ladnn.tracking.pyfunc import load_logged_model
 from ladnn.training.images import ImageCache
 from ladnn.training.trainer import predict
 
@@ -42,16 +39,7 @@ def load_version(client: MlflowClient, name: str, version: str | ModelVersion) -
         if isinstance(version, ModelVersion)
         else client.get_model_version(name, str(version))
     )
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{model_version.version}", dst_path=scratch
-            )
-        )
-        model, spec = load_model_files(
-            folder / "artifacts" / "weights.safetensors", folder / "artifacts" / "model.json"
-        )
+    model, spec = load_logged_model(f"models:/{name}/{model_version.version}")
     return LoadedVersion(name, str(model_version.version), model, spec, dict(model_version.tags))
 
 

@@ -11,6 +11,7 @@ import binascii
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "save_model_files",
     "load_model_files",
+    "load_logged_model",
     "log_pyfunc_model",
 ]
 
@@ -69,6 +71,25 @@ def load_model_files(weights: str | Path, description: str | Path) -> tuple[LADN
     model.load_state_dict(load_file(str(weights)))
     model.eval()
     return model, spec
+
+
+def load_logged_model(artifact_uri: str) -> tuple[LADNN, dict[str, Any]]:
+    """Download a logged LA-DNN model (`runs:/...` or `models:/...`) and rebuild its network.
+
+    Raises `FileNotFoundError` when the artifacts lack `weights.safetensors` or `model.json`.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=scratch)
+        )
+        weights = folder / "artifacts" / "weights.safetensors"
+        description = folder / "artifacts" / "model.json"
+        if not weights.is_file() or not description.is_file():
+            raise FileNotFoundError(
+                f"{artifact_uri} is not an LA-DNN model: artifacts/weights.safetensors or "
+                "artifacts/model.json is missing"
+            )
+        return load_model_files(weights, description)
 
 
 def _image_bytes(value: Any, row: int) -> bytes:
@@ -115,8 +136,8 @@ class LadnnPyfunc(mlflow.pyfunc.PythonModel):
             result[lesion] = probabilities[:, index] if probabilities.shape[1] > 1 else math.nan
         threshold = float(self.spec["threshold"])
         result["covid_positive"] = (result["covid_probability"] >= threshold).astype("int64")
-        # `ladnn serve` names the registered version it serves, so every answer says which
-        # model produced it.
+        # `ladnn serve` names the registered version it serves, so every response records
+        # which model produced it.
         served = os.environ.get(SERVED_VERSION_ENV)
         if served:
             result["model_version"] = served
