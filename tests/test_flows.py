@@ -67,7 +67,9 @@ def setup(harness, tmp_path_factory, release_dir, new_data_dir):
 def _read_events(name: str) -> list:
     async def read():
         async with get_client() as client:
-            page = await client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50)
+            page = await client.read_events(
+                EventFilter(event=EventNameFilter(name=[name])), limit=50
+            )
             return page.events
 
     deadline = time.monotonic() + 30
@@ -135,7 +137,10 @@ def test_inbox_ingests_and_finetunes(setup, new_data_dir):
     cfg = load_config(overrides=setup["overrides"])
     registry = open_registry(cfg, workspace)
     registry.promote(
-        setup["retrained"]["review"]["candidate"], reviewer="test", reason="flow test", override=True
+        setup["retrained"]["review"]["candidate"],
+        reviewer="test",
+        reason="flow test",
+        override=True,
     )
     inbox = workspace.root / "inbox"
     inbox.mkdir(exist_ok=True)

@@ -125,7 +125,9 @@ def test_killed_training_resumes_same_run(tmp_path, release_dir):
         entry.step for entry in client.get_metric_history(interrupted_run, "epoch_train_loss")
     }
     assert loss_steps == epochs
-    auc_steps = {entry.step for entry in client.get_metric_history(interrupted_run, "epoch_val_auc")}
+    auc_steps = {
+        entry.step for entry in client.get_metric_history(interrupted_run, "epoch_val_auc")
+    }
     assert auc_steps == epochs
     assert "test_auc" in run.data.metrics
     experiment_runs = client.search_runs([run.info.experiment_id])

@@ -37,16 +37,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for(url: str, seconds: float) -> None:
+def _wait_for(url: str, server: subprocess.Popen, log: Path, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited with {server.returncode}:\n{log.read_text()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError):
             time.sleep(1)
-    raise TimeoutError(f"{url} did not answer within {seconds} s")
+    raise TimeoutError(f"{url} did not answer within {seconds} s:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +77,9 @@ def champion_workspace(tmp_path_factory, release_dir: Path) -> tuple[Workspace, 
     return workspace, image
 
 
-def test_serve_answers_with_version(champion_workspace):
+def test_serve_answers_with_version(champion_workspace, tmp_path):
     workspace, image = champion_workspace
+    log = tmp_path / "server.log"
     port = _free_port()
     command = [
         sys.executable,
@@ -88,11 +91,12 @@ def test_serve_answers_with_version(champion_workspace):
         "--port",
         str(port),
     ]
-    server = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            command, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
     try:
-        _wait_for(f"http://127.0.0.1:{port}/ping", 120)
+        _wait_for(f"http://127.0.0.1:{port}/ping", server, log, 300)
         body = json.dumps(
             {
                 "dataframe_split": {
@@ -109,8 +113,9 @@ def test_serve_answers_with_version(champion_workspace):
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
     [row] = answer["predictions"]
     assert row["model_version"] == "ladnn/2"
     assert 0.0 <= row["covid_probability"] <= 1.0

@@ -531,7 +531,10 @@ def flows_review(
     ctx: typer.Context,
     candidates: Annotated[list[str], typer.Argument(help="Candidate model versions.")],
     wait: Annotated[
-        bool, typer.Option(help="Pause until a reviewer responds in the Prefect UI, then apply the decision.")
+        bool,
+        typer.Option(
+            help="Pause until a reviewer responds in the Prefect UI, then apply the decision."
+        ),
     ] = False,
 ) -> None:
     """Run the review flow: compare the best candidate with the champion and apply the gates."""
@@ -590,7 +593,14 @@ def serve(
         version = registry.client.get_model_version_by_alias(registry.name, alias).version
     except Exception:  # noqa: BLE001 - MLflow raises its generic exception for a missing alias
         _fail(f"model {registry.name} has no version with alias {alias!r}; promote one first")
-    environment = {**os.environ, SERVED_VERSION_ENV: f"{registry.name}/{version}"}
+    # MLflow starts `uvicorn` by name; the interpreter's own bin folder must be on PATH even when
+    # the virtual environment is not activated.
+    scripts = str(Path(sys.executable).parent)
+    environment = {
+        **os.environ,
+        SERVED_VERSION_ENV: f"{registry.name}/{version}",
+        "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")]),
+    }
     console.print(
         f"serving {registry.name} version {version} ({alias}) on http://{host}:{port}/invocations"
     )

@@ -188,7 +188,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return False
         raise ValueError(f"invalid value {value!r} for {where}: expected true or false")
     if typing.get_origin(annotation) is tuple:
-        items = value if isinstance(value, list | tuple) else [part for part in str(value).split(",") if part]
+        items = (
+            value
+            if isinstance(value, list | tuple)
+            else [part for part in str(value).split(",") if part]
+        )
         return tuple(str(item).strip() for item in items)
     if annotation in (int, float, str):
         try:

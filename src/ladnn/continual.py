@@ -84,7 +84,9 @@ def plan_training(
     replay = set(rng.choice(old_ids, size=replay_count, replace=False)) if replay_count else set()
     logger.info(
         "fine-tuning champion v%s on %d new and %d replayed training images",
-        champion, len(new_ids), len(replay),
+        champion,
+        len(new_ids),
+        len(replay),
     )
     return TrainingPlan(
         cfg=tuned_cfg,

@@ -75,7 +75,10 @@ def _read_metadata(files: list[Path]) -> dict[str, LabelRow]:
         for row in read_label_file(path):
             key = image_stem(row.file_name)
             previous = rows.get(key)
-            if previous is not None and (previous.covid, previous.lesions) != (row.covid, row.lesions):
+            if previous is not None and (previous.covid, previous.lesions) != (
+                row.covid,
+                row.lesions,
+            ):
                 raise ValueError(
                     f"{path}: {row.file_name} has labels that conflict with another metadata file"
                 )
@@ -137,6 +140,8 @@ def read_ladnn_batch(
     if unlisted:
         logger.info(
             "%d of %d image(s) in %s are in no metadata file: labels from the archive, lesions unknown",
-            unlisted, len(items), batch,
+            unlisted,
+            len(items),
+            batch,
         )
     return batch_id, items

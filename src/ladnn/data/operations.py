@@ -113,7 +113,9 @@ def find_version(workspace: Workspace, name: str) -> DatasetVersion:
     for version in versions:
         if str(version.number) == number:
             return version
-    raise ValueError(f"unknown dataset version {name!r}: expected one of {[v.name for v in versions]}")
+    raise ValueError(
+        f"unknown dataset version {name!r}: expected one of {[v.name for v in versions]}"
+    )
 
 
 def _object_path(folder: Path, md5: str) -> Path:

@@ -62,7 +62,9 @@ def _cell_marks_lesion(value: str, code: str, column: str, where: str) -> bool:
         return True
     named = canonical_lesion(text, source=where)
     if named != code:
-        raise ValueError(f"{where}: cell {text!r} in column {column!r} names lesion {named}, not {code}")
+        raise ValueError(
+            f"{where}: cell {text!r} in column {column!r} names lesion {named}, not {code}"
+        )
     return True
 
 
@@ -98,7 +100,8 @@ def read_label_file(path: Path) -> list[LabelRow]:
         lesions_present = {
             code: 1
             for column, code in lesion_columns.items()
-            if pd.notna(record[column]) and _cell_marks_lesion(str(record[column]), code, column, where)
+            if pd.notna(record[column])
+            and _cell_marks_lesion(str(record[column]), code, column, where)
         }
         covid = covid_column is not None and pd.notna(record[covid_column])
         extra = {

@@ -64,7 +64,9 @@ def _list_zip(archive: Path) -> list[SourceFile]:
                 raise ValueError(f"{archive}: member {name!r} has a path outside the archive root")
             suffix = PurePosixPath(name).suffix.lower()
             if suffix in ARCHIVE_SUFFIXES:
-                raise ValueError(f"{archive}: nested archive {name!r} is not supported; unpack it first")
+                raise ValueError(
+                    f"{archive}: nested archive {name!r} is not supported; unpack it first"
+                )
             if suffix in IMAGE_SUFFIXES:
                 files.append(SourceFile(name, _zip_reader(archive, name), str(archive)))
     return files
@@ -81,7 +83,9 @@ def list_image_files(path: str | Path) -> list[SourceFile]:
         files = [
             SourceFile(file.relative_to(path).as_posix(), file.read_bytes, str(path))
             for file in path.rglob("*")
-            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith(".")
+            if file.is_file()
+            and file.suffix.lower() in IMAGE_SUFFIXES
+            and not file.name.startswith(".")
         ]
     elif not path.exists():
         raise FileNotFoundError(f"batch not found: {path}")
@@ -114,7 +118,9 @@ def parse_collection_date(text: str | None, year: int = 2020) -> str | None:
             return date(year, int(match.group(1)), int(match.group(2))).isoformat()
         return date.fromisoformat(value).isoformat()
     except ValueError as err:
-        raise ValueError(f"invalid collection date {value!r}: expected month.day or YYYY-MM-DD") from err
+        raise ValueError(
+            f"invalid collection date {value!r}: expected month.day or YYYY-MM-DD"
+        ) from err
 
 
 _SUBTYPE_WORDS = (

@@ -59,7 +59,9 @@ def _embed(loaded: LoadedVersion, pixels: torch.Tensor) -> tuple[np.ndarray, np.
     model = loaded.model.eval()
     features, scores = [], []
     for start in range(0, len(pixels), 64):
-        batch = to_model_input(pixels[start : start + 64], tuple(loaded.spec["mean"]), tuple(loaded.spec["std"]))
+        batch = to_model_input(
+            pixels[start : start + 64], tuple(loaded.spec["mean"]), tuple(loaded.spec["std"])
+        )
         feature = model.backbone(batch)
         features.append(feature.numpy())
         scores.append(torch.sigmoid(model.covid_head(feature)).squeeze(1).numpy())

@@ -121,9 +121,7 @@ def run_training(
     frame = store.read_metadata()
     cache = ImageCache(store, workspace.cache_dir, cfg.train.image_size)
     lesion_free = cfg.loss.negatives_lesion_free
-    selected = {
-        split: frame[frame["split"] == split] for split in ("train", "val", "test")
-    }
+    selected = {split: frame[frame["split"] == split] for split in ("train", "val", "test")}
     if train_ids is not None:
         selected["train"] = selected["train"][selected["train"]["image_id"].isin(train_ids)]
     splits: dict[str, SplitData] = {
@@ -172,7 +170,9 @@ def run_training(
         def log_epoch(record: dict[str, float]) -> None:
             # Per-epoch curves are prefixed, so `val_auc` names only the chosen epoch's result.
             step = int(record["epoch"])
-            mlflow.log_metrics({f"epoch_{k}": v for k, v in record.items() if k != "epoch"}, step=step)
+            mlflow.log_metrics(
+                {f"epoch_{k}": v for k, v in record.items() if k != "epoch"}, step=step
+            )
 
         outcome: TrainOutcome = train_model(
             cfg,
