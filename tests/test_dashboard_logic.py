@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from pathlib import Path
 
@@ -325,11 +326,13 @@ def test_contribution_reads_back_as_batch(tmp_path: Path, release_dir: Path):
     header = (folder / "metadata.csv").read_text().splitlines()[0]
     assert header == "file_name,label,source,collected_on"
     batch_id, items = read_contribution(folder)
-    assert sorted(Path(item.file_name).name for item in items) == [
-        "first-slice-2.png",
-        "first-slice.png",
-        "other.jpg",
-    ]
+    # Files are named by the SHA-256 of their bytes, so the repeated upload is stored once.
+    expected_names = sorted(
+        f"{hashlib.sha256(upload.data).hexdigest()[:16]}{suffix}"
+        for upload, suffix in ((files[0], ".png"), (files[2], ".jpg"))
+    )
+    assert sorted(Path(item.file_name).name for item in items) == expected_names
+    assert "first slice" not in (folder / "metadata.csv").read_text()
     assert {item.label for item in items} == {1}
     assert {item.source for item in items} == {"doi:10.1000/example"}
 

@@ -14,6 +14,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from ladnn.config import LadnnCfg, config_to_dict, load_config
@@ -115,7 +116,8 @@ def main(
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    # Escaped, because file names and values in messages may contain "[...]".
+    console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code=1)
 
 
@@ -180,10 +182,11 @@ def _run_import(state: Context, batch_id: str, items: list) -> None:
     for warning in report.warnings:
         console.print(f"  warning: {warning}", markup=False)
     for name, existing in report.duplicates:
-        console.print(f"  duplicate: {name} has the same pixels as {existing}")
-    for _name, reason in report.rejected:
+        console.print(f"  duplicate: {name} has the same pixels as {existing}", markup=False)
+    for name, reason in report.rejected:
         console.print(
-            f"  rejected: {reason} (copied to {state.workspace.quarantine_dir / batch_id})"
+            f"  rejected: {name}: {reason} (copied to {state.workspace.quarantine_dir / batch_id})",
+            markup=False,
         )
     state_text = "new" if result.created else "unchanged"
     console.print(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -74,7 +75,17 @@ def _find_csv(path: Path) -> Path | None:
 
 
 def _read_rows(csv_path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
-    frame, encoding = read_csv_any_encoding(csv_path)
+    # Without index_col=False, pandas would take the first column as the index of every row
+    # that has one field too many, silently shifting the columns.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            frame, encoding = read_csv_any_encoding(csv_path, index_col=False)
+        except pd.errors.ParserWarning as err:
+            raise ValueError(
+                f"{csv_path}: a row has more fields than the header; quote values that contain "
+                f"commas ({err})"
+            ) from err
     frame.columns = [str(column).strip() for column in frame.columns]
     logger.info("read %s (%s): %d rows", csv_path, encoding, len(frame))
     if "file_name" not in frame.columns:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
 import unicodedata
@@ -13,24 +14,32 @@ from charset_normalizer import from_bytes
 __all__ = ["detect_encoding", "read_text", "read_csv_any_encoding"]
 
 _IDEOGRAPH_RUNS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 _WESTERN_PUNCTUATION = {"Pd", "Pi", "Pf", "Po", "Ps", "Pe", "Sc", "Sm", "So", "Zs", "No"}
 
 
 def _plausible_chinese(text: str) -> bool:
-    """Check that ideographs, if any, come in runs of GB2312 characters, as in Chinese text.
+    """Check that ideographs, if any, are GB2312 characters and one run has two or more of them.
 
     Western single-byte text read as GB18030 turns an accented letter and the ASCII letter after
     it into an ideograph from the GBK extension area (second byte below 0xA1), which GB2312 lacks.
+    Two adjacent accented letters can form one GB2312 ideograph, but rarely two in a row. Single
+    ideographs beside digits, as in the caption "图1 双肺磨玻璃影", are Chinese text too.
     """
-    for match in _IDEOGRAPH_RUNS.finditer(text):
-        run = match.group()
-        if len(run) < 2:
-            return False
-        try:
-            run.encode("gb2312")
-        except UnicodeEncodeError:
-            return False
-    return True
+    runs = [match.group() for match in _IDEOGRAPH_RUNS.finditer(text)]
+    if not runs:
+        return True
+    try:
+        "".join(runs).encode("gb2312")
+    except UnicodeEncodeError:
+        return False
+    return max(len(run) for run in runs) >= 2
 
 
 def _plausible_western(text: str) -> bool:
@@ -44,15 +53,18 @@ def _plausible_western(text: str) -> bool:
 def detect_encoding(data: bytes) -> str:
     """Return the encoding of `data`.
 
-    UTF-8 (with or without a byte-order mark) is taken when the bytes decode strictly. Next comes
-    GB18030 (a superset of GBK) when the bytes decode strictly and plausibly as Chinese text or as
-    English text with GBK punctuation, as in LA-DNN's release metadata, then Windows-1252 when
+    A byte-order mark selects UTF-8, UTF-16 or UTF-32. UTF-8 without a mark is taken when the
+    bytes decode strictly. Next comes GB18030 (a superset of GBK) when the bytes decode strictly
+    and plausibly as Chinese text or as English text with GBK punctuation, as in LA-DNN's release
+    metadata, then Windows-1252 when
     every non-ASCII character it yields is a letter or punctuation. Anything else goes to
     charset-normalizer, whose statistics need more non-ASCII text than a mostly English CSV holds,
     which is why the checks above come first.
     """
-    if data.startswith(b"\xef\xbb\xbf"):
-        return "utf-8-sig"
+    # Byte-order marks first; UTF-32 LE's mark begins with UTF-16 LE's, so it is tested first.
+    for mark, encoding in _BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            return encoding
     for encoding, plausible in (
         ("utf-8", None),
         ("gb18030", _plausible_chinese),
@@ -72,7 +84,13 @@ def read_text(path: str | Path) -> tuple[str, str]:
     """Return the text of `path` and the encoding it was decoded with."""
     data = Path(path).read_bytes()
     encoding = detect_encoding(data)
-    return data.decode(encoding), encoding
+    try:
+        return data.decode(encoding), encoding
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: text is not valid {encoding} ({err.reason} at byte {err.start}); "
+            "save it again as UTF-8"
+        ) from err
 
 
 def read_csv_any_encoding(path: str | Path, **kwargs) -> tuple[pd.DataFrame, str]:

@@ -10,10 +10,22 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageDecodeError", "NormalisedImage", "normalise_image", "encode_png", "MAX_PIXELS"]
+from ladnn.data.dicom import DICOM_SUFFIXES, DicomDecodeError, decode_dicom, is_dicom
+
+__all__ = [
+    "ImageDecodeError",
+    "NormalisedImage",
+    "normalise_image",
+    "encode_png",
+    "MAX_PIXELS",
+    "IMAGE_FORMATS",
+]
 
 # Larger declared sizes are rejected as decompression bombs before any pixel is decoded.
 MAX_PIXELS = 8192 * 8192
+# Pillow formats that are opened. Every other plugin stays off: EPS, for one, runs Ghostscript on
+# the file, and an uploaded file may carry any content under any extension.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP")
 
 
 class ImageDecodeError(ValueError):
@@ -39,9 +51,11 @@ class NormalisedImage:
 _MODE_BIT_DEPTHS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
+def _to_8bit(image: Image.Image, name: str) -> Image.Image:
     """Rescale a high-bit-depth grey image to 0-255 over its own range, never clipping."""
     array = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise ImageDecodeError(f"{name}: image contains NaN or infinite pixel values")
     low, high = float(array.min()), float(array.max())
     if high > low:
         array = (array - low) * (255.0 / (high - low))
@@ -50,10 +64,10 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(array).astype(np.uint8), mode="L")
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return _to_8bit(image).convert("RGB")
+        return _to_8bit(image, name).convert("RGB")
     if mode == "P":
         has_alpha = "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
@@ -79,15 +93,18 @@ def normalise_image(data: bytes, name: str) -> NormalisedImage:
     """Decode `data` (the bytes of file `name`) and return its canonical RGB form and content id.
 
     RGBA is composited onto black, palette and grey are expanded, 16-bit is rescaled over its own
-    range, and the EXIF orientation is applied. Raises `ImageDecodeError` naming the file and the
-    problem for empty, truncated, oversized or non-image input.
+    range, and the EXIF orientation is applied. A DICOM Part 10 file is windowed to 8-bit grey by
+    `ladnn.data.dicom.decode_dicom`. Raises `ImageDecodeError` naming the file and the problem for
+    empty, truncated, oversized or non-image input.
     """
     if not data:
         raise ImageDecodeError(f"{name}: file is empty (0 bytes)")
+    if is_dicom(data):
+        return _normalise_dicom(data, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as opened:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as opened:
                 original_format = opened.format or "unknown"
                 original_mode = opened.mode
                 original_size = opened.size
@@ -102,13 +119,28 @@ def normalise_image(data: bytes, name: str) -> NormalisedImage:
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as err:
-        raise ImageDecodeError(f"{name}: not an image file of a known format") from err
+        if name.lower().endswith(DICOM_SUFFIXES):
+            raise ImageDecodeError(
+                f"{name}: not a DICOM Part 10 file (no 'DICM' prefix after the 128-byte "
+                f"preamble) nor an image of a known format ({', '.join(IMAGE_FORMATS)})"
+            ) from err
+        raise ImageDecodeError(
+            f"{name}: not an image file of a known format (expected one of "
+            f"{', '.join(IMAGE_FORMATS)} or DICOM)"
+        ) from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageDecodeError(f"{name}: rejected as a decompression bomb ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(f"{name}: image data is corrupt or truncated ({err})") from err
 
-    rgb = _to_rgb(image)
+    try:
+        rgb = _to_rgb(image, name)
+    except ValueError as err:
+        if isinstance(err, ImageDecodeError):
+            raise
+        raise ImageDecodeError(
+            f"{name}: image mode {original_mode} cannot be converted to RGB ({err})"
+        ) from err
     return NormalisedImage(
         image=rgb,
         image_id=pixel_hash(rgb),
@@ -120,6 +152,26 @@ def normalise_image(data: bytes, name: str) -> NormalisedImage:
         original_height=original_size[1],
         original_channels=original_channels,
         original_bit_depth=_MODE_BIT_DEPTHS.get(original_mode, 8),
+    )
+
+
+def _normalise_dicom(data: bytes, name: str) -> NormalisedImage:
+    try:
+        decoded = decode_dicom(data, name, max_pixels=MAX_PIXELS)
+    except DicomDecodeError as err:
+        raise ImageDecodeError(str(err)) from err
+    rgb = decoded.image.convert("RGB")
+    return NormalisedImage(
+        image=rgb,
+        image_id=pixel_hash(rgb),
+        original_mode=decoded.image.mode,
+        original_format="DICOM",
+        width=rgb.width,
+        height=rgb.height,
+        original_width=rgb.width,
+        original_height=rgb.height,
+        original_channels=len(decoded.image.getbands()),
+        original_bit_depth=decoded.bits_stored,
     )
 
 

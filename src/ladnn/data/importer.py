@@ -118,6 +118,11 @@ def _metadata_row(item: ImportItem, batch_id: str, image_id: str | None, split: 
     return row
 
 
+def _read_error(item: ImportItem, err: OSError) -> str:
+    detail = err.strerror if err.strerror else str(err)
+    return f"{item.file_name}: cannot read file ({detail})"
+
+
 def decode_batch(
     items: Iterable[ImportItem],
     store: DatasetStore,
@@ -157,17 +162,19 @@ def decode_batch(
     for position, item in enumerate(
         tqdm(items, desc=f"import {batch_id}", unit="img", disable=not progress)
     ):
-        data = item.read_bytes()
         unknown_lesions = {
             f"lesion:{name}": value for name, value in item.lesions.items() if name not in LESIONS
         }
         record = {"row": position, **unknown_lesions}
+        data = b""
         try:
+            data = item.read_bytes()
             normalised = normalise_image(data, item.file_name)
-        except ImageDecodeError as err:
-            logger.warning("undecodable: %s", err)
+        except (ImageDecodeError, OSError) as err:
+            message = str(err) if isinstance(err, ImageDecodeError) else _read_error(item, err)
+            logger.warning("undecodable: %s", message)
             meta = _metadata_row(item, batch_id, None, None)
-            measured = measure_undecodable(str(err), len(data))
+            measured = measure_undecodable(message, len(data))
             records.append({**meta, **record, "outcome": "undecodable", **measured})
             continue
 
@@ -221,15 +228,21 @@ def _quarantine_rejected(
         item = decoded.items[rejected.row]
         decoded.report.rejected.append((item.file_name, rejected.reason_text()))
         logger.warning("rejected %s: %s", item.file_name, rejected.reason_text())
-        if quarantine_dir is not None:
-            quarantine_file(
-                quarantine_dir,
-                decoded.batch_id,
-                item_fields(item),
-                item.read_bytes(),
-                rejected.reasons,
-                validation.validation_id,
-            )
+        if quarantine_dir is None:
+            continue
+        try:
+            data = item.read_bytes()
+        except OSError as err:
+            logger.warning("not copied to the quarantine: %s", _read_error(item, err))
+            continue
+        quarantine_file(
+            quarantine_dir,
+            decoded.batch_id,
+            item_fields(item),
+            data,
+            rejected.reasons,
+            validation.validation_id,
+        )
 
 
 def import_items(

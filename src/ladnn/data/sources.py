@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -12,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_MEMBER_BYTES",
     "SourceFile",
     "list_image_files",
     "patient_group",
@@ -23,6 +25,9 @@ __all__ = [
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 ARCHIVE_SUFFIXES = {".zip", ".tar", ".gz", ".tgz", ".7z", ".rar"}
+# Largest uncompressed size of one archive member. A 4096 x 4096 16-bit DICOM slice is 32 MiB, so
+# a larger member is a zip bomb or not a slice. zipfile stops decompressing at the declared size.
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,14 @@ def image_stem(file_name: str) -> str:
 
 
 def _zip_reader(archive: Path, member: str) -> Callable[[], bytes]:
+    """Return a reader of one member; a damaged member raises OSError naming it."""
+
     def read() -> bytes:
-        with zipfile.ZipFile(archive) as opened:
-            return opened.read(member)
+        try:
+            with zipfile.ZipFile(archive) as opened:
+                return opened.read(member)
+        except (zipfile.BadZipFile, zlib.error, EOFError, KeyError) as err:
+            raise OSError(f"{archive}: member {member!r} cannot be read ({err})") from err
 
     return read
 
@@ -66,6 +76,11 @@ def _list_zip(archive: Path) -> list[SourceFile]:
             if suffix in ARCHIVE_SUFFIXES:
                 raise ValueError(
                     f"{archive}: nested archive {name!r} is not supported; unpack it first"
+                )
+            if suffix in IMAGE_SUFFIXES and info.file_size > MAX_MEMBER_BYTES:
+                raise ValueError(
+                    f"{archive}: member {name!r} declares {info.file_size} bytes uncompressed, "
+                    f"over the limit of {MAX_MEMBER_BYTES} bytes for one image"
                 )
             if suffix in IMAGE_SUFFIXES:
                 files.append(SourceFile(name, _zip_reader(archive, name), str(archive)))
