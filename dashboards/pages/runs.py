@@ -1,4 +1,5 @@
-"""Runs: training runs from MLflow, filterable by backbone and variant, with per-epoch curves."""
+"""Runs: the backbone tables of `ladnn reproduce`, and training runs from MLflow, filterable by
+backbone and variant, with per-epoch curves."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import streamlit as st
 
 from dashboards import data, ui
 from dashboards.charts import history_chart
+from ladnn.reproduce import runs as reproduce_runs
 
 current = ui.settings()
 user = ui.require_user(current)
@@ -20,6 +22,27 @@ if runs.empty:
     st.info("No training run is logged yet: train one with `ladnn train` or `ladnn cycle`.")
     st.stop()
 
+st.header("Backbone tables")
+reproduced = reproduce_runs.list_reproduce_runs(client, experiment)
+if reproduced.empty:
+    st.caption("No backbone table is logged yet: run `ladnn reproduce`.")
+else:
+    table_run = st.selectbox(
+        "Reproduce run",
+        reproduced["run id"].tolist(),
+        format_func=lambda run_id: (
+            f"{reproduced.set_index('run id').loc[run_id, 'name']} ({run_id[:8]}, "
+            f"{reproduced.set_index('run id').loc[run_id, 'status'].lower()})"
+        ),
+        key="runs_table",
+    )
+    markdown = reproduce_runs.load_table_markdown(client, table_run)
+    if markdown is None:
+        st.caption("This run has not logged its table yet (still training, or it failed).")
+    else:
+        st.markdown(markdown)
+
+st.header("Training runs")
 left, right = st.columns(2)
 backbones = left.multiselect("Backbone", sorted(runs["backbone"].unique()), key="runs_backbone")
 variants = right.multiselect("Variant", sorted(runs["variant"].unique()), key="runs_variant")

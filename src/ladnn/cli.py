@@ -98,7 +98,7 @@ def main(
         typer.Option("--set", "-s", help="Override one setting, e.g. --set train.epochs=5."),
     ] = None,
     profile: Annotated[
-        str | None, typer.Option(help="Configuration profile: short, cpu or paper.")
+        str | None, typer.Option(help="Configuration profile: short, cpu, paper or reproduce-cpu.")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
@@ -1195,6 +1195,11 @@ def dashboard_add_user(
     except auth.UsersFileError as err:
         _fail(str(err))
     console.print(f"{'updated' if existed else 'added'} {role} {name} in {path}", markup=False)
+
+
+from ladnn.reproduce.command import reproduce as _reproduce  # noqa: E402
+
+app.command("reproduce")(_reproduce)
 
 
 if __name__ == "__main__":

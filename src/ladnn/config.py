@@ -28,7 +28,7 @@ __all__ = [
     "config_to_dict",
 ]
 
-PROFILES = ("short", "cpu", "paper")
+PROFILES = ("short", "cpu", "paper", "reproduce-cpu")
 
 
 @dataclass(frozen=True)

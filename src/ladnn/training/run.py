@@ -110,15 +110,19 @@ def run_training(
     initial_state: dict | None = None,
     train_ids: set[str] | None = None,
     extra_tags: dict[str, str] | None = None,
+    image_ids: set[str] | None = None,
 ) -> TrainingRun:
     """Train LA-DNN on `version` and log config, per-epoch and final metrics, plots and the model.
 
     The threshold is chosen on the validation split and frozen before the test split is scored.
     With `resume=True` an interrupted run with the same configuration and dataset continues from
-    its last epoch checkpoint, in the same MLflow run.
+    its last epoch checkpoint, in the same MLflow run. `image_ids` restricts every split to
+    those images, for example to the images of an older dataset version.
     """
     configure_mlflow(cfg, workspace)
     frame = store.read_metadata()
+    if image_ids is not None:
+        frame = frame[frame["image_id"].isin(image_ids)]
     cache = ImageCache(store, workspace.cache_dir, cfg.train.image_size)
     lesion_free = cfg.loss.negatives_lesion_free
     selected = {split: frame[frame["split"] == split] for split in ("train", "val", "test")}
