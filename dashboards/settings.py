@@ -7,6 +7,7 @@ the command that started it:
 - `LADNN_CONFIG`: a YAML configuration file (optional);
 - `LADNN_PROFILE`: the configuration profile (optional);
 - `LADNN_OVERRIDES`: a JSON list of `section.key=value` overrides (optional);
+- `LADNN_SERVERS`: a servers file naming the shared MLflow, Prefect and DVC servers (optional);
 - `LADNN_DASHBOARD_USERS`: the users file (default `<workspace>/dashboard-users.yaml`).
 """
 
@@ -21,6 +22,7 @@ from dashboards.auth import users_file_path
 from ladnn.config import LadnnCfg, load_config
 from ladnn.cycle import data_root
 from ladnn.data.store import DatasetStore
+from ladnn.servers import apply_servers
 from ladnn.tracking.store import tracking_uri_for
 from ladnn.workspace import Workspace
 
@@ -78,4 +80,6 @@ def load_settings() -> Settings:
     cfg = load_config(
         config_path, _overrides_from_environment(), os.environ.get(PROFILE_ENV) or None
     )
+    # The orchestration page reads PREFECT_API_URL from the environment on every call.
+    apply_servers(cfg)
     return Settings(workspace=workspace, cfg=cfg, users_file=users_file_path(workspace.root))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ladnn.config import LadnnCfg, load_config
+from ladnn.servers import apply_servers
 from ladnn.workspace import Workspace
 
 __all__ = ["resolve", "DATASET_VERSION_CREATED", "DRIFT_DETECTED"]
@@ -21,5 +22,6 @@ def resolve(
     workspace: str | None,
 ) -> tuple[LadnnCfg, Workspace]:
     cfg = load_config(config_path, overrides or [], profile)
+    apply_servers(cfg)
     space = Workspace.resolve(Path(workspace) if workspace else None).ensure()
     return cfg, space

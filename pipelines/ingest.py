@@ -45,7 +45,13 @@ def import_batch_task(
 ) -> BatchImport:
     batch_id, items = read_batch(Path(source), kind, label=label)
     result = import_batch(
-        data_root(cfg), workspace, batch_id, items, progress=False, wait_seconds=600
+        data_root(cfg),
+        workspace,
+        batch_id,
+        items,
+        progress=False,
+        wait_seconds=600,
+        servers=cfg.servers,
     )
     logger = get_run_logger()
     logger.info(result.report.summary())

@@ -1,7 +1,9 @@
 """Two reviewers promote different versions at the same moment, from two processes.
 
 Exactly one promotion may win: the audit log's unique `(model_name, seq)` turns the second insert
-into a `ConcurrentReviewError`. Each round holds a lock on the audit table while both processes
+into a `ConcurrentReviewError`. The race runs on three stores: SQLite, PostgreSQL, and an MLflow
+tracking server (`mlflow server` on a fresh PostgreSQL database, basic authentication on, artifacts
+proxied to a local folder) with the audit log in a second PostgreSQL database. Each round holds a lock on the audit table while both processes
 start their promotion, so that both have read the log before either writes. Without that lock the
 scheduler may run one promotion to the end before the other reads the log, and the second then
 succeeds on top of the first, which is correct but is no race.
@@ -15,6 +17,7 @@ two-core machine.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import secrets
 import sqlite3
 import time
@@ -26,6 +29,7 @@ from threading import BrokenBarrierError
 
 import psycopg2
 import pytest
+from live_servers import mlflow_server, postgres_database, postgres_url
 from mlflow.tracking import MlflowClient
 
 from ladnn.config import LadnnCfg, load_config
@@ -47,10 +51,14 @@ SQLITE_HOLD = 1.0
 @dataclass
 class RaceStore:
     backend: str
-    # SQLAlchemy URL of the tracking store, which also contains the audit log.
+    # Tracking URI: a SQLAlchemy URL, or the URL of an MLflow server.
     uri: str
+    # SQLAlchemy URL of the audit log's database.
+    audit_uri: str
     overrides: list[str]
     workspace: Workspace
+    # Folder where the store keeps the logged models' files.
+    artifacts_dir: Path
 
     def config(self) -> LadnnCfg:
         return load_config(overrides=self.overrides)
@@ -111,32 +119,71 @@ def log_untrained_versions(cfg: LadnnCfg, workspace: Workspace, image: bytes, co
         assert str(version.version) == str(number)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def race_store(request, tmp_path_factory, release_dir: Path) -> RaceStore:
+@contextmanager
+def basic_auth_credentials(username: str, password: str) -> Iterator[None]:
+    """Set MLflow's credential variables, which spawned workers inherit, and restore them."""
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict(zip(names, (username, password), strict=True)))
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mlflow-server"])
+def race_store(request, tmp_path_factory, release_dir: Path) -> Iterator[RaceStore]:
     backend = request.param
     base = tmp_path_factory.mktemp(f"race-{backend}")
     workspace = Workspace.resolve(base / "workspace").ensure()
     overrides = [f"data.root={base}", f"tracking.registered_model={MODEL_NAME}"]
+    image = sorted((release_dir / "CT_COVID").glob("*.png"))[0].read_bytes()
+    if backend == "mlflow-server":
+        password = secrets.token_urlsafe(16)
+        artifacts = base / "server-artifacts"
+        with (
+            postgres_database("ladnn_mlflow") as backend_db,
+            postgres_database("ladnn_mlflow_auth") as auth_db,
+            postgres_database("ladnn_audit") as audit_db,
+            mlflow_server(
+                postgres_url(backend_db),
+                str(artifacts),
+                base / "server",
+                auth_database_uri=postgres_url(auth_db),
+                admin_password=password,
+            ) as url,
+            basic_auth_credentials("admin", password),
+        ):
+            audit_uri = postgres_url(audit_db)
+            overrides += [f"tracking.tracking_uri={url}", f"tracking.audit_uri={audit_uri}"]
+            store = RaceStore(backend, url, audit_uri, overrides, workspace, artifacts)
+            log_untrained_versions(store.config(), workspace, image, 2 * ROUNDS)
+            yield store
+        return
     if backend == "postgresql":
         uri = request.getfixturevalue("postgres_uri")
         overrides.append(f"tracking.tracking_uri={uri}")
     else:
         uri = workspace.tracking_uri
-    store = RaceStore(backend, uri, overrides, workspace)
-
-    image = sorted((release_dir / "CT_COVID").glob("*.png"))[0].read_bytes()
+    store = RaceStore(backend, uri, uri, overrides, workspace, workspace.artifacts_dir)
     log_untrained_versions(store.config(), workspace, image, 2 * ROUNDS)
-    return store
+    yield store
 
 
-def promote_worker(tracking_uri, index, versions, ready, go, results) -> None:
+def promote_worker(tracking_uri, audit_uri, index, versions, ready, go, results) -> None:
     """Promote each of `versions` in turn, one per round, and report how each attempt ended.
 
     Runs in a spawned process with its own registry, as a second reviewer's command would. The
     registry is opened as `open_registry` opens it, without importing that function's module.
     """
     registry = Registry(
-        MlflowClient(tracking_uri), AuditLog(audit_database_url(tracking_uri)), MODEL_NAME
+        MlflowClient(tracking_uri),
+        AuditLog(audit_database_url(tracking_uri, audit_uri)),
+        MODEL_NAME,
     )
     registry.reconcile()
     for version in versions:
@@ -163,8 +210,8 @@ def libpq_uri(url: str) -> str:
 @contextmanager
 def audit_inserts_blocked(store: RaceStore) -> Iterator[None]:
     """Hold a lock that lets readers of the audit table in and keeps writers out."""
-    if store.backend == "postgresql":
-        connection = psycopg2.connect(libpq_uri(store.uri))
+    if store.audit_uri.startswith("postgresql"):
+        connection = psycopg2.connect(libpq_uri(store.audit_uri))
         try:
             with connection.cursor() as cursor:
                 cursor.execute("LOCK TABLE ladnn_audit_events IN SHARE MODE")
@@ -173,7 +220,9 @@ def audit_inserts_blocked(store: RaceStore) -> Iterator[None]:
             connection.rollback()
             connection.close()
     else:
-        connection = sqlite3.connect(store.uri.removeprefix("sqlite:///"), isolation_level=None)
+        connection = sqlite3.connect(
+            store.audit_uri.removeprefix("sqlite:///"), isolation_level=None
+        )
         try:
             connection.execute("BEGIN IMMEDIATE")
             yield
@@ -185,11 +234,11 @@ def audit_inserts_blocked(store: RaceStore) -> Iterator[None]:
 def wait_for_blocked_inserts(store: RaceStore, expected: int) -> None:
     """Return once `expected` inserts wait on the audit table (PostgreSQL), or after a fixed hold
     (SQLite, which cannot list waiting connections)."""
-    if store.backend != "postgresql":
+    if not store.audit_uri.startswith("postgresql"):
         time.sleep(SQLITE_HOLD)
         return
     deadline = time.monotonic() + TIMEOUT
-    with psycopg2.connect(libpq_uri(store.uri)) as connection, connection.cursor() as cursor:
+    with psycopg2.connect(libpq_uri(store.audit_uri)) as connection, connection.cursor() as cursor:
         while time.monotonic() < deadline:
             cursor.execute(
                 "SELECT count(*) FROM pg_locks "
@@ -223,6 +272,7 @@ def run_race(store: RaceStore, *, hold: bool = True) -> list[RoundResult]:
             target=promote_worker,
             args=(
                 store.uri,
+                store.audit_uri,
                 index,
                 [str(2 * r + 1 + index) for r in range(ROUNDS)],
                 ready,
@@ -308,3 +358,22 @@ def test_log_chains_rounds(race):
     assert [event.seq for event in events] == list(range(1, ROUNDS + 1))
     for previous, event in zip(events, events[1:], strict=False):
         assert event.from_version == previous.to_version
+
+
+def test_audit_trail_matches_registry(race_store, race):
+    """Read back from the stores themselves: one event per round, and the registry's champion
+    alias and review tags follow the last event."""
+    events = AuditLog(race_store.audit_uri).events(MODEL_NAME)
+    assert [event.seq for event in events] == list(range(1, ROUNDS + 1))
+    client = MlflowClient(race_store.uri)
+    champion = client.get_registered_model(MODEL_NAME).aliases.get("champion")
+    assert str(champion) == events[-1].to_version
+    for event in events:
+        tags = client.get_model_version(MODEL_NAME, event.to_version).tags
+        assert tags.get("review_state") == "approved", event.to_version
+
+
+def test_model_files_in_store_folder(race_store):
+    """The logged model's files are in the store's artifact folder; behind a tracking server
+    that is the server's `--artifacts-destination`, reached through the server's proxy."""
+    assert list(race_store.artifacts_dir.rglob("MLmodel")), race_store.artifacts_dir

@@ -113,6 +113,13 @@ def main(
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
     ctx.obj = Context(space, config, list(overrides or []), profile)
+    # Before any command imports Prefect, which reads PREFECT_API_URL once.
+    from ladnn.servers import apply_servers
+
+    try:
+        apply_servers(ctx.obj.config())
+    except ValueError as err:
+        _fail(str(err))
 
 
 def _fail(message: str) -> None:
@@ -171,7 +178,12 @@ def _run_import(state: Context, batch_id: str, items: list) -> None:
     cfg = state.config()
     try:
         result = import_batch(
-            data_root(cfg), state.workspace, batch_id, items, progress=sys.stderr.isatty()
+            data_root(cfg),
+            state.workspace,
+            batch_id,
+            items,
+            progress=sys.stderr.isatty(),
+            servers=cfg.servers,
         )
     except (FileNotFoundError, ValueError, ImportLockedError) as err:
         _fail(str(err))
@@ -381,10 +393,15 @@ def train(
         bool, typer.Option(help="Register the model as a pending candidate.")
     ] = True,
 ) -> None:
-    """Train LA-DNN on the latest dataset version and log the run to MLflow."""
+    """Train LA-DNN on the latest dataset version and log the run to MLflow.
+
+    Under `torchrun --nproc-per-node N --no-python ladnn train`, N processes train with
+    DistributedDataParallel and rank 0 logs, evaluates and registers the run.
+    """
     from ladnn.cycle import data_root, register_run
     from ladnn.data.store import DatasetStore
     from ladnn.data.versioning import latest_version
+    from ladnn.training.distributed import shutdown_distributed
     from ladnn.training.run import run_training
 
     state: Context = ctx.obj
@@ -392,14 +409,22 @@ def train(
     version = latest_version(state.workspace)
     if version is None:
         _fail("no dataset version in this workspace: run `ladnn import release` first")
-    run = run_training(
-        cfg,
-        state.workspace,
-        DatasetStore(data_root(cfg)),
-        version,
-        resume=resume,
-        progress=sys.stderr.isatty(),
-    )
+    try:
+        run = run_training(
+            cfg,
+            state.workspace,
+            DatasetStore(data_root(cfg)),
+            version,
+            resume=resume,
+            progress=sys.stderr.isatty(),
+        )
+    except ValueError as err:
+        _fail(str(err))
+    finally:
+        shutdown_distributed()
+    if run is None:
+        # A rank other than 0 of torchrun: rank 0 reports and registers the run.
+        return
     test = run.test.metrics
     console.print(
         f"run {run.run_id}: test AUC {test['auc']:.3f} "
@@ -1056,7 +1081,8 @@ def quarantine_release(
 
     state: Context = ctx.obj
     try:
-        outcome = release_entry(data_root(state.config()), state.workspace, entry_id)
+        cfg = state.config()
+        outcome = release_entry(data_root(cfg), state.workspace, entry_id, servers=cfg.servers)
     except (FileNotFoundError, ValueError, ImportLockedError) as err:
         _fail(str(err))
     report = outcome.result.report

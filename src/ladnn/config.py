@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,12 +24,18 @@ __all__ = [
     "ModelCfg",
     "TrackingCfg",
     "TrainCfg",
+    "ServersCfg",
     "PROFILES",
+    "SERVERS_ENV",
     "load_config",
     "config_to_dict",
 ]
 
 PROFILES = ("short", "cpu", "paper", "reproduce-cpu")
+
+# Names a YAML file with the `tracking` and `servers` sections of shared servers; see
+# `load_config` and docs/operations.md.
+SERVERS_ENV = "LADNN_SERVERS"
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,11 @@ class TrainCfg:
     threads: int = 0
     channels_last: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Under torchrun on GPUs, compute batch-norm statistics over all processes (SyncBatchNorm).
+    sync_batchnorm: bool = True
+    # Normalise with the backbone's running batch-norm statistics and keep them fixed, as for
+    # small batches per process; the scale and shift of each batch-norm layer still train.
+    freeze_batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,23 @@ class TrackingCfg:
 
 
 @dataclass(frozen=True)
+class ServersCfg:
+    # Prefect API of a Prefect server, e.g. http://prefect:4200/api; empty means the
+    # `PREFECT_API_URL` of the environment, else a temporary local server per flow run.
+    prefect_api_url: str = ""
+    # DVC remote that dataset versions are pushed to, e.g. s3://ladnn-data/dvc; empty means
+    # `<workspace>/dvc-remote`. S3 credentials come from AWS_ACCESS_KEY_ID and
+    # AWS_SECRET_ACCESS_KEY.
+    dvc_remote: str = ""
+    # Endpoint of an S3-compatible object store (MinIO, Ceph), e.g. http://minio:9000; empty
+    # means AWS S3. Used by the DVC remote and by MLflow clients that write S3 artifacts.
+    s3_endpoint_url: str = ""
+    # Dask scheduler address (tcp://host:8786) that the retrain flow sends its variants to;
+    # empty means threads in the flow's own process.
+    dask_address: str = ""
+
+
+@dataclass(frozen=True)
 class LadnnCfg:
     profile: str = "short"
     data: DataCfg = field(default_factory=DataCfg)
@@ -151,6 +180,7 @@ class LadnnCfg:
     drift: DriftCfg = field(default_factory=DriftCfg)
     continual: ContinualCfg = field(default_factory=ContinualCfg)
     tracking: TrackingCfg = field(default_factory=TrackingCfg)
+    servers: ServersCfg = field(default_factory=ServersCfg)
 
 
 def config_to_dict(cfg: LadnnCfg) -> dict[str, Any]:
@@ -271,18 +301,41 @@ def load_profile(profile: str) -> dict[str, Any]:
     return yaml.safe_load(text) or {}
 
 
+# Sections that a servers file may set: where the shared stores are, nothing about training.
+_SERVERS_SECTIONS = ("tracking", "servers")
+
+
+def read_servers_file(path: str | Path) -> dict[str, Any]:
+    """Read a servers file (`tracking` and `servers` sections only); raise ValueError naming the
+    file and what is wrong."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{SERVERS_ENV} names {path}, which is not a file")
+    values = _read_yaml(path)
+    extra = sorted(set(values) - set(_SERVERS_SECTIONS))
+    if extra:
+        raise ValueError(
+            f"servers file {path} may set only the sections {list(_SERVERS_SECTIONS)}, "
+            f"found {extra}: move training settings to a --config file"
+        )
+    return values
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     profile: str | None = None,
 ) -> LadnnCfg:
-    """Resolve the configuration: profile defaults, then the YAML file, then overrides.
+    """Resolve the configuration: profile defaults, then the servers file named by
+    `$LADNN_SERVERS`, then the YAML file, then overrides.
 
     The profile comes from `profile`, else from the file's `profile` key, else "short".
     """
     file_values = _read_yaml(Path(path)) if path else {}
+    servers_path = os.environ.get(SERVERS_ENV, "").strip()
+    servers_values = read_servers_file(servers_path) if servers_path else {}
     chosen = profile or file_values.get("profile") or "short"
-    values = _merge(load_profile(chosen), file_values)
+    values = _merge(_merge(load_profile(chosen), servers_values), file_values)
     values["profile"] = chosen
     for text in overrides:
         values = _merge(values, _parse_override(text))

@@ -54,7 +54,14 @@ def import_release(cfg: LadnnCfg, workspace: Workspace, *, progress: bool = True
             f"COVID-CT release not found at {source}: set data.release (--release) or LADNN_DATASETS"
         )
     items = read_release(source)
-    return import_batch(data_root(cfg), workspace, RELEASE_BATCH_ID, items, progress=progress)
+    return import_batch(
+        data_root(cfg),
+        workspace,
+        RELEASE_BATCH_ID,
+        items,
+        progress=progress,
+        servers=cfg.servers,
+    )
 
 
 def check_images(store: DatasetStore) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from ladnn.config import ServersCfg
 from ladnn.data.importer import ImportItem, ImportReport, import_items
 from ladnn.data.schema import coerce_metadata
 from ladnn.data.store import DatasetStore
@@ -58,6 +59,7 @@ def import_batch(
     wait_seconds: float = 0.0,
     quarantine: bool = True,
     settings: ValidationSettings | None = None,
+    servers: ServersCfg | None = None,
 ) -> BatchImport:
     """Import a batch and record the result as a dataset version, holding the dataset lock.
 
@@ -95,7 +97,7 @@ def import_batch(
         if not store.exists():
             raise ValueError(f"batch {batch_id} added no image, so there is no dataset to version")
         version, created = commit_version(
-            root, workspace, batch_id, validation_id=report.validation_id
+            root, workspace, batch_id, validation_id=report.validation_id, servers=servers
         )
         return BatchImport(report=report, version=version, created=created)
     finally:
@@ -123,6 +125,8 @@ def _object_path(folder: Path, md5: str) -> Path:
 
 
 def _read_object(workspace: Workspace, md5: str) -> bytes:
+    # NOTE: a shared remote (`servers.dvc_remote`) is not read here, so a machine whose DVC cache
+    # lacks a version's objects needs `dvc fetch` in the data root first.
     for folder in (workspace.dvc_cache, workspace.dvc_remote):
         path = _object_path(folder, md5)
         if path.is_file():

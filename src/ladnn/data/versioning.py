@@ -1,4 +1,4 @@
-"""Dataset versions: DVC commits of `data/`, pushed to the workspace remote and tagged `data/vN`."""
+"""Dataset versions: DVC commits of `data/`, pushed to the DVC remote and tagged `data/vN`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from ladnn.config import ServersCfg
 from ladnn.data.store import DatasetStore, atomic_write_bytes
 from ladnn.workspace import Workspace
 
@@ -71,8 +72,12 @@ def _git_toplevel(root: Path) -> Path | None:
     return Path(result.stdout.strip()).resolve() if result.returncode == 0 else None
 
 
-def ensure_dvc_repo(root: Path, workspace: Workspace) -> None:
-    """Initialise DVC in `root` if needed and point its cache and default remote at the workspace."""
+def ensure_dvc_repo(root: Path, workspace: Workspace, servers: ServersCfg | None = None) -> None:
+    """Initialise DVC in `root` if needed, point its cache at the workspace and its default remote
+    at `servers.dvc_remote` (with `servers.s3_endpoint_url`), else at the workspace's folder.
+
+    The remote goes to `.dvc/config.local`, which git ignores, and holds no credentials: DVC reads
+    those from the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for S3)."""
     if not (root / ".dvc").is_dir():
         toplevel = _git_toplevel(root)
         if toplevel is None:
@@ -83,6 +88,8 @@ def ensure_dvc_repo(root: Path, workspace: Workspace) -> None:
             _dvc(["init", "--subdir", "-q"], root)
     _dvc(["config", "--local", "core.analytics", "false"], root)
     _dvc(["config", "--local", "cache.dir", str(workspace.dvc_cache)], root)
+    shared_url = servers.dvc_remote if servers is not None else ""
+    name = "shared" if shared_url else "workspace"
     _dvc(
         [
             "remote",
@@ -90,11 +97,13 @@ def ensure_dvc_repo(root: Path, workspace: Workspace) -> None:
             "--local",
             "--default",
             "--force",
-            "workspace",
-            str(workspace.dvc_remote),
+            name,
+            shared_url or str(workspace.dvc_remote),
         ],
         root,
     )
+    if shared_url and servers.s3_endpoint_url:
+        _dvc(["remote", "modify", "--local", name, "endpointurl", servers.s3_endpoint_url], root)
 
 
 def _versions_file(workspace: Workspace) -> Path:
@@ -190,11 +199,12 @@ def commit_version(
     *,
     git_tag: bool = True,
     validation_id: str | None = None,
+    servers: ServersCfg | None = None,
 ) -> tuple[DatasetVersion, bool]:
     """Record `root/data` as a dataset version; return it and whether it is new.
 
     Unchanged data (the same DVC hash as an earlier version) reuses that version. A new version is
-    pushed to the workspace's DVC remote before it is recorded, so a recorded version can always be
+    pushed to the DVC remote (`servers.dvc_remote`, else the workspace's folder) before it is recorded, so a recorded version can always be
     restored with `dvc checkout`/`dvc pull`. A new version's `validation_ids` are the latest
     version's followed by `validation_id`.
     """
@@ -202,7 +212,7 @@ def commit_version(
     store = DatasetStore(root)
     if not store.exists():
         raise FileNotFoundError(f"no dataset at {store.data_dir}: import a release or batch first")
-    ensure_dvc_repo(root, workspace)
+    ensure_dvc_repo(root, workspace, servers)
     _dvc(["add", "-q", "data"], root)
     dvc_text = (root / "data.dvc").read_text("utf-8")
     out = yaml.safe_load(dvc_text)["outs"][0]

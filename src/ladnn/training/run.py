@@ -26,6 +26,7 @@ from ladnn.evaluation.report import EvaluationResult, evaluate_probabilities, ev
 from ladnn.tracking.pyfunc import log_pyfunc_model
 from ladnn.tracking.registry import git_commit
 from ladnn.tracking.store import configure_mlflow
+from ladnn.training.distributed import release_other_ranks, setup_distributed, wait_for_rank_zero
 from ladnn.training.images import ImageCache
 from ladnn.training.trainer import SplitData, TrainOutcome, predict, prepare_split, train_model
 from ladnn.workspace import Workspace
@@ -111,15 +112,24 @@ def run_training(
     train_ids: set[str] | None = None,
     extra_tags: dict[str, str] | None = None,
     image_ids: set[str] | None = None,
-) -> TrainingRun:
+) -> TrainingRun | None:
     """Train LA-DNN on `version` and log config, per-epoch and final metrics, plots and the model.
 
     The threshold is chosen on the validation split and frozen before the test split is scored.
     With `resume=True` an interrupted run with the same configuration and dataset continues from
-    its last epoch checkpoint, in the same MLflow run. `image_ids` restricts every split to
+    its last epoch checkpoint, in the same MLflow run.
+
+    Under `torchrun` every process trains its share with DistributedDataParallel. Rank 0 alone
+    logs to MLflow, writes checkpoints, evaluates and returns the run; the other ranks return
+    None once training ends. `image_ids` restricts every split to
     those images, for example to the images of an older dataset version.
     """
-    configure_mlflow(cfg, workspace)
+    context = setup_distributed(cfg.train.device)
+    is_main = context is None or context.is_main
+    if is_main:
+        configure_mlflow(cfg, workspace)
+    # Rank 0 fills the image cache before the other ranks read it.
+    wait_for_rank_zero(context)
     frame = store.read_metadata()
     if image_ids is not None:
         frame = frame[frame["image_id"].isin(image_ids)]
@@ -132,6 +142,12 @@ def run_training(
         split: prepare_split(rows, cache, negatives_lesion_free=lesion_free)
         for split, rows in selected.items()
     }
+    release_other_ranks(context)
+    if not is_main:
+        train_model(
+            cfg, splits["train"], splits["val"], progress=False, initial_state=initial_state
+        )
+        return None
 
     key = _run_key(cfg, version, train_ids, extra_tags)
     checkpoint = workspace.checkpoints_dir / f"{key}.pt"
@@ -226,6 +242,7 @@ def run_training(
                 "pretrained": str(outcome.backbone.pretrained).lower(),
                 "weights_source": outcome.backbone.weights_source,
                 "device": outcome.device,
+                "training_processes": str(context.world_size if context is not None else 1),
             }
         )
         if not outcome.backbone.pretrained:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from timm.utils import ModelEmaV3
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from ladnn.config import LadnnCfg, config_to_dict
@@ -21,6 +22,13 @@ from ladnn.data.lesions import LESIONS
 from ladnn.evaluation.metrics import roc_auc
 from ladnn.models.backbones import LoadedBackbone
 from ladnn.models.ladnn import LADNN, build_model, ladnn_loss
+from ladnn.training.distributed import (
+    DistributedContext,
+    broadcast_object,
+    current_context,
+    gather_rows,
+    sum_across,
+)
 from ladnn.training.images import ImageCache, augment_batch, to_model_input
 
 __all__ = ["SplitData", "TrainOutcome", "prepare_split", "train_model", "predict", "select_device"]
@@ -75,9 +83,70 @@ def select_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _configure_threads(threads: int) -> None:
+def _configure_threads(threads: int, context: DistributedContext | None = None) -> None:
     count = threads or os.cpu_count() or 1
+    if context is not None and not threads:
+        # The processes of one machine share its cores.
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
+        count = max(1, count // local_processes)
     torch.set_num_threads(count)
+
+
+def _training_device(choice: str, context: DistributedContext | None) -> torch.device:
+    device = select_device(choice)
+    if context is not None and device.type == "cuda":
+        return torch.device("cuda", context.local_rank)
+    return device
+
+
+def _wrap_distributed(
+    model: LADNN, device: torch.device, context: DistributedContext | None, sync_batchnorm: bool
+) -> tuple[LADNN, torch.nn.Module]:
+    """Return the model and the module that the training step calls: the model itself, or its
+    DistributedDataParallel wrapper, which averages gradients over the ranks in `backward`."""
+    if context is None:
+        return model, model
+    if device.type == "cuda" and sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    wrapper = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+    return model, wrapper
+
+
+def _freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Put every batch-norm layer in eval mode: it normalises with its running statistics and
+    stops updating them, while its scale and shift still train."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def _sync_buffers(model: torch.nn.Module, context: DistributedContext | None) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank before scoring."""
+    if context is None:
+        return
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+
+
+def _predict_sharded(
+    model: LADNN,
+    pixels: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    context: DistributedContext | None,
+    **kwargs,
+) -> np.ndarray:
+    """Score every image, each rank a strided share, and return all rows in order on every rank."""
+    if context is None:
+        return predict(model, pixels, mean, std, **kwargs)
+    share = predict(model, pixels[context.rank :: context.world_size], mean, std, **kwargs)
+    parts = gather_rows(share, context)
+    rows = np.empty((len(pixels), share.shape[1]), dtype=share.dtype)
+    for rank, part in enumerate(parts):
+        rows[rank :: context.world_size] = part
+    return rows
 
 
 @torch.no_grad()
@@ -155,12 +224,27 @@ def train_model(
 
     With `checkpoint_path`, the full state is saved after every epoch; `resume=True` continues from
     that file when it exists. `on_epoch` receives each epoch's metrics (for tracking).
+
+    In a process group (see `ladnn.training.distributed`), the model trains with
+    DistributedDataParallel: every rank takes a strided share of each batch of
+    `train.batch_size` images and scores a share of `val`, and the loss and validation scores are
+    gathered so that every rank chooses the same best epoch. Only rank 0 calls `on_epoch` and
+    writes `checkpoint_path`. Batch-norm statistics are synchronised across GPUs
+    (`train.sync_batchnorm`) and stay per rank on the CPU, where PyTorch has no SyncBatchNorm.
     """
     if len(train) == 0:
         raise ValueError("the training split is empty: import data with train images first")
-    _configure_threads(cfg.train.threads)
+    context = current_context()
+    world_size = context.world_size if context is not None else 1
+    if cfg.train.batch_size % world_size:
+        raise ValueError(
+            f"train.batch_size {cfg.train.batch_size} is not divisible by the {world_size} "
+            "training processes: choose a multiple of --nproc-per-node"
+        )
+    is_main = context is None or context.is_main
+    _configure_threads(cfg.train.threads, context)
     torch.manual_seed(cfg.train.seed)
-    device = select_device(cfg.train.device)
+    device = _training_device(cfg.train.device, context)
     model, backbone = build_model(
         cfg.model.backbone,
         cfg.model.variant,
@@ -174,11 +258,23 @@ def train_model(
     model = model.to(device=device, memory_format=memory_format)
     mean, std = backbone.spec.mean, backbone.spec.std
 
-    batch_size = cfg.train.batch_size
-    steps_per_epoch = math.ceil(len(train) / batch_size)
+    # `train.batch_size` counts the images of one optimizer step over all processes, so the
+    # learning rate means the same with any number of them.
+    batch_size = cfg.train.batch_size // world_size
+    sampler = (
+        DistributedSampler(
+            range(len(train)), num_replicas=world_size, rank=context.rank, shuffle=False
+        )
+        if context is not None
+        else None
+    )
+    steps_per_epoch = math.ceil((len(sampler) if sampler else len(train)) / batch_size)
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.train.seed)
+    # With several processes, `generator` draws only the epoch's order, which therefore is the
+    # same on every rank; each rank augments its share with a generator of its own.
+    augment_generator = generator if context is None else torch.Generator()
     ema = (
         ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True)
         if cfg.train.ema_decay
@@ -186,13 +282,20 @@ def train_model(
     )
 
     start_epoch, best_auc, best_epoch, best_state, history = 0, -math.inf, 0, None, []
-    if resume and checkpoint_path is not None and checkpoint_path.is_file():
+    state, error = None, None
+    if resume and checkpoint_path is not None and checkpoint_path.is_file() and is_main:
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if state.get("config") != config_to_dict(cfg):
-            raise ValueError(
+            error = (
                 f"checkpoint {checkpoint_path} was written with another configuration; "
                 "resume with the same configuration or start without --resume"
             )
+            state = None
+    # Rank 0 reads the checkpoint and every other rank resumes from its copy.
+    state, error = broadcast_object((state, error), context)
+    if error is not None:
+        raise ValueError(error)
+    if state is not None:
         model.load_state_dict(state["model"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
@@ -203,25 +306,32 @@ def train_model(
         start_epoch, best_auc, best_epoch = state["epoch"], state["best_auc"], state["best_epoch"]
         best_state, history = state["best_state"], state["history"]
         logger.info("resumed from %s after epoch %d", checkpoint_path, start_epoch)
+    model, step_module = _wrap_distributed(model, device, context, cfg.train.sync_batchnorm)
 
     started = time.perf_counter()
     stale_epochs = 0
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         model.train()
+        if cfg.train.freeze_batchnorm:
+            _freeze_batchnorm(model)
         order = torch.randperm(len(train), generator=generator)
+        if sampler is not None:
+            # This rank's strided share, padded so that every rank takes the same number of steps.
+            order = order[list(sampler)]
+            augment_generator.manual_seed(cfg.train.seed + 1 + context.rank + 1000 * epoch)
         epoch_loss, seen, epoch_start = 0.0, 0, time.perf_counter()
         bar = tqdm(
             range(steps_per_epoch),
             desc=f"epoch {epoch}/{cfg.train.epochs}",
             unit="batch",
-            disable=not progress,
+            disable=not progress or not is_main,
             leave=False,
         )
         for step in bar:
             index = order[step * batch_size : (step + 1) * batch_size]
             pixels = augment_batch(
                 train.pixels[index],
-                generator,
+                augment_generator,
                 scale=(cfg.train.scale_min, cfg.train.scale_max),
                 hflip=cfg.train.hflip,
                 rotate_degrees=cfg.train.rotate_degrees,
@@ -229,7 +339,7 @@ def train_model(
                 intensity_jitter=cfg.train.intensity_jitter,
             ).to(device)
             inputs = to_model_input(pixels, mean, std).contiguous(memory_format=memory_format)
-            logits = model(inputs)
+            logits = step_module(inputs)
             loss = ladnn_loss(
                 logits,
                 train.covid[index].to(device),
@@ -249,13 +359,16 @@ def train_model(
                 img_s=f"{seen / (time.perf_counter() - epoch_start):.1f}",
             )
         train_seconds = time.perf_counter() - epoch_start
+        epoch_loss, seen = sum_across([epoch_loss, seen], context)
 
         scored = ema.module if ema is not None else model
-        probabilities = predict(
+        _sync_buffers(scored, context)
+        probabilities = _predict_sharded(
             scored,
             val.pixels,
             mean,
             std,
+            context,
             device=device,
             channels_last=cfg.train.channels_last,
             tta=cfg.eval.tta,
@@ -277,7 +390,8 @@ def train_model(
             stale_epochs = 0
         else:
             stale_epochs += 1
-        logger.info(
+        log_epoch = logger.info if is_main else logger.debug
+        log_epoch(
             "epoch %d: loss %.4f, val AUC %.4f, %.1f img/s%s",
             epoch,
             record["train_loss"],
@@ -285,9 +399,9 @@ def train_model(
             record["train_images_per_s"],
             " (best)" if best_epoch == epoch else "",
         )
-        if on_epoch is not None:
+        if on_epoch is not None and is_main:
             on_epoch(record)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and is_main:
             _save_checkpoint(
                 checkpoint_path,
                 {

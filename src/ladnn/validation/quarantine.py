@@ -24,6 +24,7 @@ from ladnn.validation.results import Reason
 from ladnn.validation.suite import ValidationSettings
 
 if TYPE_CHECKING:
+    from ladnn.config import ServersCfg
     from ladnn.data.operations import BatchImport
     from ladnn.workspace import Workspace
 
@@ -163,7 +164,12 @@ def _write_record(entry: QuarantineEntry) -> None:
 
 
 def release_entry(
-    root: Path, workspace: Workspace, entry_id: str, *, progress: bool = False
+    root: Path,
+    workspace: Workspace,
+    entry_id: str,
+    *,
+    progress: bool = False,
+    servers: ServersCfg | None = None,
 ) -> ReleaseOutcome:
     """Validate a quarantined file again, with its possibly edited `item` fields, and import it
     into the dataset at `root` as part of its original batch if it now passes.
@@ -188,6 +194,7 @@ def release_entry(
         progress=progress,
         quarantine=False,
         settings=settings,
+        servers=servers,
     )
     report = result.report
     now = datetime.now(UTC).isoformat(timespec="seconds")
