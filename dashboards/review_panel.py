@@ -14,6 +14,7 @@ import streamlit as st
 from dashboards.auth import User
 from ladnn.registry.audit import ConcurrentReviewError
 from ladnn.registry.review import Registry, ReviewError
+from ladnn.registry.waiting import resume_waiting_review, waiting_run
 
 __all__ = ["decision_panel", "rollback_panel", "show_flash"]
 
@@ -54,7 +55,12 @@ def _apply(pending_key: str, action, *args, **kwargs) -> None:
         st.session_state[_FLASH_KEY] = ("error", f"The decision was not applied: {err}")
         logger.warning("review decision failed: %s", err)
     else:
-        st.session_state[_FLASH_KEY] = ("success", _event_text(event))
+        message = _event_text(event)
+        if event.action in ("promote", "reject"):
+            resumed = resume_waiting_review(action.__self__, event.to_version, event)
+            if resumed:
+                message += f" The review flow run {resumed} that waited for it was resumed."
+        st.session_state[_FLASH_KEY] = ("success", message)
     st.session_state.pop(pending_key, None)
     st.rerun()
 
@@ -89,6 +95,11 @@ def decision_panel(registry: Registry, user: User | None, version: str | None, p
         return
     tags = registry.client.get_model_version(registry.name, version).tags
     gates_passed = tags.get("gate_state") == "passed"
+    waiting = waiting_run(registry, version)
+    if waiting is not None:
+        st.info(
+            f"Review flow run {waiting[0]} is paused until this decision; deciding here resumes it."
+        )
     pending_key = f"{prefix}_pending"
     pending = st.session_state.get(pending_key)
 

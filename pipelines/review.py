@@ -4,13 +4,16 @@ challenger, and optionally wait for the reviewer's decision."""
 from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, runtime, task
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.settings import PREFECT_API_URL
 
 from ladnn.config import LadnnCfg
 from ladnn.cycle import data_root
 from ladnn.data.store import DatasetStore
+from ladnn.registry.review import Registry
+from ladnn.registry.waiting import clear_waiting, mark_waiting
 from ladnn.registry.workflow import compare_versions, open_registry
 from ladnn.workspace import Workspace
 from pipelines.common import resolve
@@ -19,9 +22,17 @@ __all__ = ["ReviewDecision", "review_flow"]
 
 
 class ReviewDecision(RunInput):
+    """A reviewer's decision on the waiting candidate.
+
+    `audit_seq` is set when the CLI or the dashboard already recorded the decision, so the flow
+    only reports it. Without it, the flow records the decision itself.
+    """
+
     approve: bool
     reviewer: str
     reason: str
+    override: bool = False
+    audit_seq: int | None = None
 
 
 def _validation_auc(client: MlflowClient, name: str, version: str) -> float:
@@ -47,6 +58,7 @@ def review_flow(
     candidates: list[str],
     wait_for_decision: bool = False,
     decision_timeout_seconds: int = 7 * 24 * 3600,
+    poll_interval_seconds: int = 10,
     config_path: str | None = None,
     overrides: list[str] | None = None,
     profile: str | None = None,
@@ -54,7 +66,8 @@ def review_flow(
 ) -> dict:
     """Pick the candidate with the best validation AUC (never the test split), compare it with the
     champion and mark it `challenger` when its gates pass. With `wait_for_decision`, the run pauses
-    until a reviewer responds (Prefect UI or `prefect flow-run resume`) and applies the decision."""
+    until a reviewer decides: a decision made in the dashboard or with `ladnn promote/reject`
+    resumes it, and one entered in the Prefect UI is applied by the flow."""
     logger = get_run_logger()
     cfg, space = resolve(config_path, overrides, profile, workspace)
     registry = open_registry(cfg, space)
@@ -73,11 +86,36 @@ def review_flow(
         )
 
     if wait_for_decision:
-        decision = pause_flow_run(wait_for_input=ReviewDecision, timeout=decision_timeout_seconds)
-        registry = open_registry(cfg, space)
-        if decision.approve:
-            event = registry.promote(best, reviewer=decision.reviewer, reason=decision.reason)
-        else:
-            event = registry.reject(best, reviewer=decision.reviewer, reason=decision.reason)
-        result["decision"] = event.as_dict()
+        result["decision"] = _wait_for_decision(
+            registry, best, decision_timeout_seconds, poll_interval_seconds
+        )
     return result
+
+
+def _wait_for_decision(registry: Registry, version: str, timeout: int, poll_interval: int) -> dict:
+    """Pause until a reviewer decides on `version`; return the audit event of the decision."""
+    logger = get_run_logger()
+    mark_waiting(registry, version, str(runtime.flow_run.id), PREFECT_API_URL.value())
+    logger.info(
+        "waiting for a reviewer's decision on version %s: decide in the dashboard or with "
+        "`ladnn promote/reject %s`, or resume this run in the Prefect UI",
+        version,
+        version,
+    )
+    try:
+        decision = pause_flow_run(
+            wait_for_input=ReviewDecision, timeout=timeout, poll_interval=poll_interval
+        )
+    finally:
+        clear_waiting(registry, version)
+    if decision.audit_seq is not None:
+        [event] = [e for e in registry.audit.events(registry.name) if e.seq == decision.audit_seq]
+        logger.info("decision #%d recorded by %s", event.seq, event.reviewer)
+    elif decision.approve:
+        event = registry.promote(
+            version, reviewer=decision.reviewer, reason=decision.reason, override=decision.override
+        )
+    else:
+        event = registry.reject(version, reviewer=decision.reviewer, reason=decision.reason)
+    logger.info("version %s: %s by %s (%s)", version, event.action, event.reviewer, event.reason)
+    return event.as_dict()

@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Literal
 
 from prefect import serve
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
-from pipelines.common import DATASET_VERSION_CREATED
+from pipelines.common import DATASET_VERSION_CREATED, DRIFT_DETECTED
 from pipelines.cycle import cycle_flow
 from pipelines.inbox import inbox_flow
 from pipelines.ingest import ingest_flow
 from pipelines.retrain import retrain_flow
 from pipelines.review import review_flow
 
-__all__ = ["build_deployments", "serve_flows"]
+__all__ = ["RETRAIN_EVENTS", "build_deployments", "serve_flows"]
+
+
+RETRAIN_EVENTS = {"version": DATASET_VERSION_CREATED, "drift": DRIFT_DETECTED}
 
 
 def build_deployments(
-    workspace: str, inbox_interval_seconds: float = 60.0, overrides: list[str] | None = None
+    workspace: str,
+    inbox_interval_seconds: float = 60.0,
+    overrides: list[str] | None = None,
+    retrain_on: Literal["version", "drift"] = "version",
 ) -> list:
-    """Deployments of every flow, with `workspace` and `overrides` as default parameters."""
+    """Deployments of every flow, with `workspace` and `overrides` as default parameters.
+
+    `retrain_on` picks the event that starts retraining: every new dataset version, or only a
+    version whose new batch drifted from the training data.
+    """
+    if retrain_on not in RETRAIN_EVENTS:
+        raise ValueError(f"retrain_on must be one of {sorted(RETRAIN_EVENTS)}, not {retrain_on!r}")
     common = {"workspace": workspace, "overrides": overrides or []}
     retrain_trigger = DeploymentEventTrigger(
-        name="retrain-on-new-dataset-version",
-        expect={DATASET_VERSION_CREATED},
+        name=f"retrain-on-{retrain_on}",
+        expect={RETRAIN_EVENTS[retrain_on]},
         match={"ladnn.workspace": workspace},
         parameters={"dataset_version": "{{ event.resource['ladnn.dataset.version'] }}", **common},
     )
@@ -43,7 +56,11 @@ def build_deployments(
             name="retrain",
             triggers=[retrain_trigger],
             parameters=common,
-            description="Retrain on a dataset version; runs on every new version.",
+            description=(
+                "Retrain on a dataset version; runs on every new version"
+                if retrain_on == "version"
+                else "Retrain on a dataset version; runs when a new batch drifts"
+            ),
         ),
         review_flow.to_deployment(
             name="review", parameters=common, description="Review candidates."
@@ -53,7 +70,10 @@ def build_deployments(
 
 
 def serve_flows(
-    workspace: str, inbox_interval_seconds: float = 60.0, overrides: list[str] | None = None
+    workspace: str,
+    inbox_interval_seconds: float = 60.0,
+    overrides: list[str] | None = None,
+    retrain_on: Literal["version", "drift"] = "version",
 ) -> None:
     """Serve all deployments from this process until interrupted."""
-    serve(*build_deployments(workspace, inbox_interval_seconds, overrides))
+    serve(*build_deployments(workspace, inbox_interval_seconds, overrides, retrain_on))
