@@ -7,8 +7,10 @@ cache file in the workspace, and augmentation runs on whole batches of tensors.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from ladnn.data.store import DatasetStore
+from ladnn.data.store import DatasetStore, atomic_write_bytes
 
 __all__ = ["load_image_tensor", "ImageCache", "augment_batch", "to_model_input"]
 
@@ -46,7 +48,7 @@ class ImageCache:
                 saved = torch.load(self.path, map_location="cpu", weights_only=True)
                 self._pixels = saved["pixels"]
                 self._index = {image_id: i for i, image_id in enumerate(saved["ids"])}
-            except (RuntimeError, KeyError, EOFError, OSError) as err:
+            except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as err:
                 logger.warning("ignoring unreadable image cache %s: %s", self.path, err)
 
     def get(self, image_ids: list[str]) -> torch.Tensor:
@@ -69,9 +71,9 @@ class ImageCache:
         self._index.update({image_id: start + i for i, image_id in enumerate(image_ids)})
         ids = sorted(self._index, key=self._index.__getitem__)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        torch.save({"ids": ids, "pixels": self._pixels}, temporary)
-        temporary.replace(self.path)
+        buffer = io.BytesIO()
+        torch.save({"ids": ids, "pixels": self._pixels}, buffer)
+        atomic_write_bytes(self.path, buffer.getvalue())
         logger.info(
             "cached %d decoded image(s) at %dpx in %s", len(image_ids), self.size, self.path
         )

@@ -16,7 +16,7 @@ import yaml
 
 from ladnn.config import LadnnCfg, config_to_dict
 from ladnn.data.lesions import LESIONS
-from ladnn.data.store import DatasetStore
+from ladnn.data.store import DatasetStore, atomic_write_bytes
 from ladnn.data.versioning import DatasetVersion
 from ladnn.evaluation.calibration import save_reliability_diagram
 from ladnn.evaluation.explain import save_split_overlays
@@ -24,6 +24,7 @@ from ladnn.evaluation.metrics import choose_threshold
 from ladnn.evaluation.plots import save_evaluation_plots, save_lesion_pair_plot
 from ladnn.evaluation.report import EvaluationResult, evaluate_probabilities, evaluate_slices
 from ladnn.tracking.pyfunc import log_pyfunc_model
+from ladnn.tracking.redact import redact_secrets
 from ladnn.tracking.registry import git_commit
 from ladnn.tracking.store import configure_mlflow
 from ladnn.training.distributed import release_other_ranks, setup_distributed, wait_for_rank_zero
@@ -171,21 +172,20 @@ def run_training(
         **(extra_tags or {}),
     }
     with mlflow.start_run(run_id=previous_run, run_name=run_name) as run:
-        run_file.parent.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps({"run_id": run.info.run_id}))
+        atomic_write_bytes(run_file, json.dumps({"run_id": run.info.run_id}).encode())
+        # URL passwords and secret-named settings never reach the tracking store or the disk.
+        logged_config = redact_secrets(config_to_dict(cfg))
         if previous_run is None:
             mlflow.set_tags(tags)
-            mlflow.log_params(flatten_config(config_to_dict(cfg)))
-            mlflow.log_dict(config_to_dict(cfg), "config.yaml")
+            mlflow.log_params(flatten_config(logged_config))
+            mlflow.log_dict(logged_config, "config.yaml")
             mlflow.log_params(
                 {f"dataset.{name}": value for name, value in version.counts.items()}
                 | {"dataset.n_images": version.n_images}
             )
         local_run_dir = workspace.runs_dir / run.info.run_id
         local_run_dir.mkdir(parents=True, exist_ok=True)
-        (local_run_dir / "config.yaml").write_text(
-            yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-        )
+        (local_run_dir / "config.yaml").write_text(yaml.safe_dump(logged_config, sort_keys=False))
 
         def log_epoch(record: dict[str, float]) -> None:
             # Per-epoch curves are prefixed, so `val_auc` names only the chosen epoch's result.

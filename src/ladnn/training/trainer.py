@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -201,10 +202,24 @@ def _make_scheduler(optimizer, cfg: LadnnCfg, steps_per_epoch: int):
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write through a unique temporary file, flushed to disk, then rename it over `path`.
+
+    A process killed at any moment leaves either the previous checkpoint or the new one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    # Remove temporary files left by a process killed while writing this checkpoint.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def train_model(
