@@ -116,6 +116,29 @@ def test_youden_threshold_maximises_index(size: int, seed: int, decimals: int):
     assert youden_index(labels, scores, chosen) == pytest.approx(best, abs=1e-12)
 
 
+@pytest.mark.parametrize(("target", "expected"), [(0.75, 0.5), (1.0, 0.3), (0.25, 0.9)])
+def test_sensitivity_threshold_hand_case(target: float, expected: float):
+    labels = [0, 0, 0, 1, 1, 1, 1]
+    scores = [0.1, 0.4, 0.6, 0.3, 0.5, 0.7, 0.9]
+
+    assert choose_threshold(labels, scores, "sensitivity", target) == expected
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("size", SIZES)
+def test_sensitivity_threshold_highest_reaching(size: int, seed: int, target: float):
+    labels, scores = labelled_scores(size, seed, 2)
+    chosen = choose_threshold(labels, scores, "sensitivity", target)
+
+    def sensitivity(threshold: float) -> float:
+        return threshold_metrics(labels, scores, threshold)["sensitivity"]
+
+    assert sensitivity(chosen) >= target
+    higher = np.unique(scores)[np.unique(scores) > chosen]
+    assert all(sensitivity(threshold) < target for threshold in higher)
+
+
 def test_choose_threshold_fixed_rule():
     assert choose_threshold([0, 1], [0.9, 0.1], "fixed") == 0.5
 

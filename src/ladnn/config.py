@@ -103,7 +103,10 @@ class TrainCfg:
 @dataclass(frozen=True)
 class EvalCfg:
     # How the decision threshold is chosen on the validation split before it is frozen.
-    threshold_rule: Literal["youden", "fixed"] = "youden"
+    # "youden" maximises sensitivity + specificity, "sensitivity" reaches `target_sensitivity`,
+    # "fixed" uses `fixed_threshold`.
+    threshold_rule: Literal["youden", "sensitivity", "fixed"] = "youden"
+    target_sensitivity: float = 0.9
     # Average the probabilities of each image and its horizontal mirror.
     tta: bool = False
     fixed_threshold: float = 0.5

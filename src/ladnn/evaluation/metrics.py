@@ -63,18 +63,34 @@ def threshold_metrics(y_true: Sequence, y_score: Sequence, threshold: float) -> 
     }
 
 
-def choose_threshold(y_true: Sequence, y_score: Sequence, rule: str = "youden") -> float:
-    """Pick the decision threshold on validation data; "youden" maximises sensitivity + specificity."""
+def choose_threshold(
+    y_true: Sequence, y_score: Sequence, rule: str = "youden", target_sensitivity: float = 0.9
+) -> float:
+    """Pick the decision threshold on validation data.
+
+    "youden" maximises sensitivity + specificity. "sensitivity" takes the highest threshold whose
+    sensitivity reaches `target_sensitivity`, an operating point chosen for screening.
+    "fixed" returns 0.5.
+    """
     if rule == "fixed":
         return 0.5
-    if rule != "youden":
-        raise ValueError(f"unknown threshold rule {rule!r}: expected 'youden' or 'fixed'")
+    if rule not in ("youden", "sensitivity"):
+        raise ValueError(
+            f"unknown threshold rule {rule!r}: expected 'youden', 'sensitivity' or 'fixed'"
+        )
     y, p = _as_arrays(y_true, y_score)
     if len(np.unique(y)) < 2:
         warnings.warn("threshold undefined with a single class; using 0.5", stacklevel=2)
         return 0.5
-    fpr, tpr, thresholds = roc_curve(y, p)
-    best = int(np.argmax(tpr - fpr))
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    if rule == "youden":
+        best = int(np.argmax(tpr - fpr))
+    else:
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise ValueError(f"target sensitivity must be in (0, 1], not {target_sensitivity}")
+        # Thresholds decrease along the curve, so the first point that reaches the target is
+        # the highest threshold that does.
+        best = int(np.argmax(tpr >= target_sensitivity - 1e-12))
     return float(min(thresholds[best], 1.0))
 
 

@@ -216,7 +216,12 @@ def run_training(
         threshold = (
             cfg.eval.fixed_threshold
             if cfg.eval.threshold_rule == "fixed"
-            else choose_threshold(val_y, probabilities["val"][:, 0], "youden")
+            else choose_threshold(
+                val_y,
+                probabilities["val"][:, 0],
+                cfg.eval.threshold_rule,
+                cfg.eval.target_sensitivity,
+            )
         )
         results = {
             split: evaluate_probabilities(
