@@ -124,6 +124,19 @@ def decode_dicom(data: bytes, name: str, *, max_pixels: int) -> DicomSlice:
     pixel data, contains several frames, declares more than `max_pixels` pixels or uses a transfer
     syntax that no installed decoder reads.
     """
+    try:
+        return _decode(data, name, max_pixels)
+    except DicomDecodeError:
+        raise
+    except Exception as err:
+        # pydicom converts element values lazily, so a malformed element raises at first access,
+        # with one of many exception types (BytesLengthException, struct.error, OverflowError...).
+        raise DicomDecodeError(
+            f"{name}: not a readable DICOM file ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _decode(data: bytes, name: str, max_pixels: int) -> DicomSlice:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi
