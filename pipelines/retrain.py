@@ -9,7 +9,7 @@ import json
 
 from prefect import flow, get_run_logger, task
 from prefect.context import TaskRunContext
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from ladnn.config import LadnnCfg, config_to_dict
 from ladnn.continual import plan_training
@@ -22,7 +22,7 @@ from ladnn.workspace import Workspace
 from pipelines.common import resolve
 from pipelines.review import review_flow
 
-__all__ = ["retrain_flow", "variant_config"]
+__all__ = ["retrain_flow", "variant_config", "variant_task_runner", "train_variants_flow"]
 
 
 def variant_config(cfg: LadnnCfg, variant: str) -> LadnnCfg:
@@ -100,6 +100,34 @@ def train_variant_task(cfg: LadnnCfg, workspace: Workspace, dataset_version: str
     }
 
 
+def variant_task_runner(cfg: LadnnCfg) -> TaskRunner:
+    """Return the task runner for variants: a Dask cluster at `servers.dask_address`, else
+    `continual.max_parallel` threads of this process."""
+    if cfg.servers.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=cfg.servers.dask_address)
+    return ThreadPoolTaskRunner(max_workers=max(1, cfg.continual.max_parallel))
+
+
+def _train_in_waves(configs: list[LadnnCfg], workspace: Workspace, version: str, width: int):
+    results = []
+    for start in range(0, len(configs), width):
+        futures = [
+            train_variant_task.submit(c, workspace, version) for c in configs[start : start + width]
+        ]
+        results.extend(future.result() for future in futures)
+    return results
+
+
+@flow(name="train-variants")
+def train_variants_flow(
+    configs: list[LadnnCfg], workspace: Workspace, dataset_version: str, width: int
+) -> list[dict]:
+    """Train and register the variants, `width` at a time, on this flow's task runner."""
+    return _train_in_waves(configs, workspace, dataset_version, width)
+
+
 @flow(name="retrain", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def retrain_flow(
     dataset_version: str = "latest",
@@ -113,7 +141,11 @@ def retrain_flow(
 ) -> dict:
     """Train each variant (`backbone:variant`; default the configured model) on `dataset_version`
     in `mode` (scratch or finetune; default continual.mode), register every candidate, and run the
-    review flow on them. Up to `continual.max_parallel` variants train at once."""
+    review flow on them. Up to `continual.max_parallel` variants train at once.
+
+    With `servers.dask_address`, a `train-variants` subflow sends the variants to that Dask
+    cluster (prefect-dask's DaskTaskRunner). Its workers need this package, the same environment
+    (LADNN_SERVERS and credentials) and the workspace and data root at the same paths."""
     cfg, space = resolve(config_path, overrides, profile, workspace)
     if mode is not None:
         cfg = dataclasses.replace(cfg, continual=dataclasses.replace(cfg.continual, mode=mode))
@@ -123,13 +155,14 @@ def retrain_flow(
     )
     configs = [variant_config(cfg, variant) for variant in chosen]
 
-    results = []
     width = max(1, cfg.continual.max_parallel)
-    for start in range(0, len(configs), width):
-        futures = [
-            train_variant_task.submit(c, space, version) for c in configs[start : start + width]
-        ]
-        results.extend(future.result() for future in futures)
+    if cfg.servers.dask_address:
+        runner = variant_task_runner(cfg)
+        results = train_variants_flow.with_options(task_runner=runner)(
+            configs, space, version, width
+        )
+    else:
+        results = _train_in_waves(configs, space, version, width)
 
     summary = {"dataset_version": version, "candidates": results}
     if review and results:
