@@ -235,6 +235,40 @@ def kill_import_trial(import_base: ImportBase, folder: Path, rng: random.Random)
     return ""
 
 
+def test_tag_of_unrecorded_version_moved(import_base, tmp_path, monkeypatch):
+    """A kill between `git tag data/v2` and the `versions.json` record leaves a tag that the next
+    version, holding more data, takes over."""
+    from ladnn.data import versioning
+
+    root, workspace_root = tmp_path / "root", tmp_path / "workspace"
+    _copy_tree(import_base.root, root)
+    _copy_tree(import_base.workspace, workspace_root)
+    workspace = Workspace.resolve(workspace_root)
+    files = sorted(import_base.batch.iterdir())
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, chosen in ((first, files[:10]), (second, files[10:])):
+        folder.mkdir()
+        for path in chosen:
+            shutil.copy(path, folder / path.name)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the version was recorded")
+
+    batch_id, items = read_contribution(first, label=0)
+    with monkeypatch.context() as patched:
+        patched.setattr(versioning, "_save_versions", killed)
+        with pytest.raises(KeyboardInterrupt):
+            import_batch(root, workspace, batch_id, items, progress=False)
+    stale = _git(root, "show", "data/v2:data.dvc").stdout
+    batch_id, items = read_contribution(second, label=0)
+    result = import_batch(root, workspace, batch_id, items, progress=False)
+
+    assert [version.name for version in list_versions(workspace)] == ["v1", "v2"]
+    assert result.version.n_images == BASE_SIZE + len(files)
+    assert yaml.safe_load(stale)["outs"][0]["md5"] != result.version.md5
+    assert check_versions(root, workspace) == []
+
+
 def run_import_trials(import_base: ImportBase, tmp_path: Path, trials: int) -> list[str]:
     rng = random.Random(SEED)
     failures = []

@@ -127,6 +127,22 @@ def _save_versions(workspace: Workspace, versions: list[DatasetVersion]) -> None
     atomic_write_bytes(_versions_file(workspace), text.encode("utf-8"))
 
 
+def _dvc_md5(text: str) -> str | None:
+    """Return the hash in the text of a `.dvc` file, or None when it is not one."""
+    try:
+        return str(yaml.safe_load(text)["outs"][0]["md5"])
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _tagged_md5(root: Path, tag: str) -> str | None:
+    """Return the hash of `data.dvc` in the commit of `tag`, or None when it has none."""
+    shown = subprocess.run(
+        ["git", "show", f"{tag}:./data.dvc"], cwd=root, capture_output=True, text=True, check=False
+    )
+    return _dvc_md5(shown.stdout) if shown.returncode == 0 else None
+
+
 def _tag_in_git(root: Path, number: int) -> str | None:
     """Commit the changed pointer files and tag the commit `data/vN` when `root` is in git."""
     toplevel = _git_toplevel(root)
@@ -173,8 +189,18 @@ def _tag_in_git(root: Path, number: int) -> str | None:
         ).returncode
         == 0
     )
-    if exists:
+    if exists and _tagged_md5(root, tag) == _dvc_md5((root / "data.dvc").read_text("utf-8")):
         logger.warning("git tag %s already exists in %s; left unchanged", tag, toplevel)
+        return tag
+    if exists:
+        # An import killed after tagging and before recording the version leaves a tag that the
+        # next version, with other data, must take over.
+        logger.warning(
+            "git tag %s in %s names other data, left by an interrupted import; moving it",
+            tag,
+            toplevel,
+        )
+        _run(["git", "tag", "-f", tag], root, "git tag")
         return tag
     has_commit = (
         subprocess.run(
