@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import _datasets_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -34,17 +35,12 @@ SHORT = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 LONG = settings(SHORT, max_examples=LONG_EXAMPLES)
-RELEASE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "covid-ct"
 CSV_COLUMNS = ["file_name", "label", "patient_id", "source", "GGO", "Csld", "collected_on", "x"]
 
 
-def _release_dir() -> Path:
-    configured = os.environ.get("LADNN_DATASETS")
-    return Path(configured) / "covid-ct" if configured else RELEASE
-
-
 def _small_grey() -> np.ndarray:
-    path = sorted((_release_dir() / "CT_COVID").glob("*.png"))[0]
+    # Seeds are built at import, before fixtures exist, from the folder the `release_dir` fixture uses.
+    path = sorted((_datasets_dir() / "covid-ct" / "CT_COVID").glob("*.png"))[0]
     with Image.open(path) as image:
         grey = image.convert("L")
         grey.thumbnail((48, 48))
