@@ -95,8 +95,8 @@ class TrainCfg:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Under torchrun on GPUs, compute batch-norm statistics over all processes (SyncBatchNorm).
     sync_batchnorm: bool = True
-    # Normalise with the backbone's running batch-norm statistics and keep them fixed, as for
-    # small batches per process; the scale and shift of each batch-norm layer still train.
+    # Normalise with the running batch-norm statistics and keep them fixed, which suits small
+    # batches per process. The scale and shift of each batch-norm layer still train.
     freeze_batchnorm: bool = False
 
 

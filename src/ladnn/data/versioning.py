@@ -76,8 +76,8 @@ def ensure_dvc_repo(root: Path, workspace: Workspace, servers: ServersCfg | None
     """Initialise DVC in `root` if needed, point its cache at the workspace and its default remote
     at `servers.dvc_remote` (with `servers.s3_endpoint_url`), else at the workspace's folder.
 
-    The remote goes to `.dvc/config.local`, which git ignores, and holds no credentials: DVC reads
-    those from the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for S3)."""
+    The remote goes to `.dvc/config.local`, which git ignores. It contains no credentials, because
+    DVC reads those from the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for S3)."""
     if not (root / ".dvc").is_dir():
         toplevel = _git_toplevel(root)
         if toplevel is None:

@@ -287,8 +287,8 @@ def train_model(
     optimizer = _make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    # With several processes, `generator` draws only the epoch's order, which therefore is the
-    # same on every rank; each rank augments its share with a generator of its own.
+    # With several processes, `generator` draws only the epoch's order, so the order is the same
+    # on every rank. Each rank augments its share with a generator of its own.
     augment_generator = generator if context is None else torch.Generator()
     ema = (
         ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True)
