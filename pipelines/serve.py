@@ -26,15 +26,23 @@ def build_deployments(
     inbox_interval_seconds: float = 60.0,
     overrides: list[str] | None = None,
     retrain_on: Literal["version", "drift"] = "version",
+    profile: str | None = None,
+    config_path: str | None = None,
 ) -> list:
-    """Deployments of every flow, with `workspace` and `overrides` as default parameters.
+    """Deployments of every flow, with the workspace and configuration (`profile`, `config_path`,
+    `overrides`) as default parameters, so every run resolves the settings the server started with.
 
     `retrain_on` picks the event that starts retraining: every new dataset version, or only a
     version whose new batch drifted from the training data.
     """
     if retrain_on not in RETRAIN_EVENTS:
         raise ValueError(f"retrain_on must be one of {sorted(RETRAIN_EVENTS)}, not {retrain_on!r}")
-    common = {"workspace": workspace, "overrides": overrides or []}
+    common = {
+        "workspace": workspace,
+        "overrides": overrides or [],
+        "profile": profile,
+        "config_path": config_path,
+    }
     retrain_trigger = DeploymentEventTrigger(
         name=f"retrain-on-{retrain_on}",
         expect={RETRAIN_EVENTS[retrain_on]},
@@ -74,6 +82,12 @@ def serve_flows(
     inbox_interval_seconds: float = 60.0,
     overrides: list[str] | None = None,
     retrain_on: Literal["version", "drift"] = "version",
+    profile: str | None = None,
+    config_path: str | None = None,
 ) -> None:
     """Serve all deployments from this process until interrupted."""
-    serve(*build_deployments(workspace, inbox_interval_seconds, overrides, retrain_on))
+    serve(
+        *build_deployments(
+            workspace, inbox_interval_seconds, overrides, retrain_on, profile, config_path
+        )
+    )

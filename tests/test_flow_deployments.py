@@ -24,6 +24,19 @@ def test_retrain_trigger_event(tmp_path, retrain_on, event):
     assert trigger.parameters["overrides"] == ["train.epochs=2"]
 
 
+def test_deployments_carry_configuration(tmp_path):
+    config = tmp_path / "site.yaml"
+    deployments = build_deployments(
+        str(tmp_path), 30, ["train.epochs=4"], profile="short", config_path=str(config)
+    )
+    for deployment in deployments:
+        assert deployment.parameters["profile"] == "short", deployment.name
+        assert deployment.parameters["config_path"] == str(config), deployment.name
+        assert deployment.parameters["overrides"] == ["train.epochs=4"], deployment.name
+    [trigger] = _by_name(deployments)["retrain"].triggers
+    assert trigger.parameters["profile"] == "short"
+
+
 def test_inbox_schedule_and_limit(tmp_path):
     inbox = _by_name(build_deployments(str(tmp_path), 45))["inbox"]
     [schedule] = inbox.schedules

@@ -561,7 +561,8 @@ def flows_review(
     wait: Annotated[
         bool,
         typer.Option(
-            help="Pause until a reviewer responds in the Prefect UI, then apply the decision."
+            help="Pause until a reviewer decides (dashboard, `ladnn promote/reject` or the "
+            "Prefect UI)."
         ),
     ] = False,
 ) -> None:
@@ -583,6 +584,13 @@ def flows_serve(
     inbox_interval: Annotated[
         float, typer.Option(help="Seconds between scans of <workspace>/inbox/.")
     ] = 60.0,
+    retrain_on: Annotated[
+        str,
+        typer.Option(
+            help="Event that starts retraining: 'version' (every new dataset version) or "
+            "'drift' (only a batch that drifted from the training data)."
+        ),
+    ] = "version",
 ) -> None:
     """Serve the deployments (inbox schedule, retrain on new dataset versions) against the Prefect
     server at $PREFECT_API_URL; start one with `prefect server start`."""
@@ -596,7 +604,16 @@ def flows_serve(
         )
     (state.workspace.root / "inbox").mkdir(parents=True, exist_ok=True)
     console.print(f"serving flows; drop batches into {state.workspace.root / 'inbox'}")
-    serve_flows(str(state.workspace.root), inbox_interval, state.overrides)
+    if retrain_on not in ("version", "drift"):
+        _fail(f"--retrain-on must be 'version' or 'drift', not {retrain_on!r}")
+    serve_flows(
+        str(state.workspace.root),
+        inbox_interval,
+        state.overrides,
+        retrain_on,
+        state.profile,
+        str(state.config_path.resolve()) if state.config_path else None,
+    )
 
 
 @app.command()
@@ -693,6 +710,7 @@ def compare(
 def _review_action(action, *args, **kwargs) -> None:
     from ladnn.registry.audit import ConcurrentReviewError
     from ladnn.registry.review import ReviewError
+    from ladnn.registry.waiting import resume_waiting_review
 
     try:
         event = action(*args, **kwargs)
@@ -702,6 +720,10 @@ def _review_action(action, *args, **kwargs) -> None:
         f"#{event.seq} {event.action}: {event.from_version or '-'} -> {event.to_version or '-'} "
         f"by {event.reviewer} ({event.created_at})"
     )
+    if event.action in ("promote", "reject"):
+        resumed = resume_waiting_review(action.__self__, event.to_version, event)
+        if resumed:
+            console.print(f"resumed the review flow run {resumed} that waited for this decision")
 
 
 @app.command()
