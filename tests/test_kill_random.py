@@ -2,9 +2,9 @@
 
 After each kill, every recorded dataset version must be intact (its `versions.json` record, its DVC
 objects and its git tag `data/vN` agree), every checkpoint and registered model must load, and the
-next command must complete. The delay of each trial is drawn uniformly between 0 and the duration
-of an uninterrupted run, measured first, from a seeded generator. A failure message names the seed
-and the delay.
+next command must complete. The delay of each trial counts from the command's first output line. It
+is drawn uniformly between 0 and the time an uninterrupted run takes from there, measured first,
+from a seeded generator. A failure message names the seed and the delay.
 
 The default suite runs a few trials. The marker `long` selects the many-trial runs:
 `.venv/bin/python -m pytest -m long tests/test_kill_random.py`, with `LADNN_KILL_IMPORT_TRIALS`
@@ -84,11 +84,10 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def _run_killed(command: list[str], cwd: Path, delay: float, log: Path) -> int | None:
-    """Start `command` in its own process group, SIGKILL the group after `delay` seconds; return
-    the exit code when the command ended first, else None."""
+def _start(command: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """Start `command` in its own process group, so one signal reaches its DVC and git children."""
     with log.open("wb") as output:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             command,
             cwd=cwd,
             env=_environment(),
@@ -96,7 +95,37 @@ def _run_killed(command: list[str], cwd: Path, delay: float, log: Path) -> int |
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def _wait_for_output(process: subprocess.Popen, log: Path) -> float:
+    """Return the monotonic time of the command's first output line (it has finished starting up)."""
+    deadline = time.monotonic() + COMMAND_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.stat().st_size > 0:
+            break
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def _measure(command: list[str], cwd: Path, log: Path) -> float:
+    """Run `command` to the end; return the seconds from its first output line to its exit."""
+    process = _start(command, cwd, log)
+    started = _wait_for_output(process, log)
+    code = process.wait(timeout=COMMAND_TIMEOUT_S)
+    assert code == 0, log.read_text(errors="replace")[-3000:]
+    return time.monotonic() - started
+
+
+def _run_killed(command: list[str], cwd: Path, delay: float, log: Path) -> int | None:
+    """Start `command`, SIGKILL its process group `delay` seconds after its first output line;
+    return the exit code when the command ended first, else None.
+
+    The delay counts from the first output, not from the start, because starting Python and
+    importing the libraries takes most of a short command's time on a busy machine.
+    """
+    process = _start(command, cwd, log)
     try:
+        _wait_for_output(process, log)
         return process.wait(timeout=delay)
     except subprocess.TimeoutExpired:
         return None
@@ -132,7 +161,7 @@ class ImportBase:
     root: Path
     workspace: Path
     batch: Path
-    # Seconds of one uninterrupted `ladnn import folder` of the batch.
+    # Seconds of one uninterrupted `ladnn import folder` of the batch, from its first output line.
     duration: float
 
 
@@ -158,21 +187,16 @@ def import_base(tmp_path_factory, release_dir: Path) -> ImportBase:
     trial = base / "measure"
     _copy_tree(root, trial / "root")
     _copy_tree(workspace.root, trial / "workspace")
-    started = time.monotonic()
-    result = _run(
-        _ladnn(
-            trial / "workspace",
-            trial / "root",
-            "import",
-            "folder",
-            str(base / "ward-c"),
-            "--label",
-            "negative",
-        ),
+    command = _ladnn(
+        trial / "workspace",
         trial / "root",
+        "import",
+        "folder",
+        str(base / "ward-c"),
+        "--label",
+        "negative",
     )
-    duration = time.monotonic() - started
-    assert result.returncode == 0, result.stdout + result.stderr
+    duration = _measure(command, trial / "root", base / "measure.log")
     return ImportBase(root, workspace.root, base / "ward-c", duration)
 
 
@@ -304,7 +328,7 @@ def test_killed_imports_recover_many(import_base, tmp_path):
 class TrainBase:
     root: Path
     workspace: Path
-    # Seconds of one uninterrupted `ladnn train`.
+    # Seconds of one uninterrupted `ladnn train`, from its first output line.
     duration: float
 
 
@@ -325,10 +349,8 @@ def train_base(tmp_path_factory, release_dir: Path) -> TrainBase:
     import_items(chosen, DatasetStore(root), RELEASE_BATCH_ID, progress=False)
     commit_version(root, workspace, RELEASE_BATCH_ID)
 
-    started = time.monotonic()
-    result = _run(_ladnn(workspace.root, root, "train", settings=TRAIN_SETTINGS), root)
-    duration = time.monotonic() - started
-    assert result.returncode == 0, result.stdout + result.stderr
+    command = _ladnn(workspace.root, root, "train", settings=TRAIN_SETTINGS)
+    duration = _measure(command, root, base / "measure.log")
     return TrainBase(root, workspace.root, duration)
 
 
@@ -402,6 +424,8 @@ def test_killed_training_recovers(train_base, tmp_path):
     assert failures == []
 
 
+# NOTE: with seed 20240607 trial 1 fails: a kill during registration left a model version that
+# `search_model_versions` lists and `get_model_version` rejects (see docs/robustness.md).
 @pytest.mark.long
 def test_killed_training_recovers_many(train_base, tmp_path):
     started = time.monotonic()
