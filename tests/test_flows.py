@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageOps
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.exceptions import NotPausedError
 from prefect.flow_runs import resume_flow_run
@@ -109,6 +110,25 @@ def test_ingest_emits_version_events(setup):
     events = _read_events(DATASET_VERSION_CREATED)
     versions = sorted(event.resource["ladnn.dataset.version"] for event in events)
     assert versions == ["v1", "v2"]
+
+
+def test_library_logs_reach_flow_run(setup, new_data_dir):
+    state = ingest_flow(source=str(new_data_dir / "5.16"), **setup["arguments"], return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
+            )
+
+    deadline = time.monotonic() + 30
+    while True:
+        names = {log.name for log in asyncio.run(read())}
+        if "ladnn.data.importer" in names or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert "ladnn.data.importer" in names
 
 
 def test_retrain_registers_each_variant(setup):

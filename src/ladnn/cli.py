@@ -108,8 +108,6 @@ def main(
     os.environ.setdefault("PREFECT_HOME", str(space.prefect_home))
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Library logs (training epochs, imports, validation) also go to the flow run's log in Prefect.
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ladnn")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
     ctx.obj = Context(space, config, list(overrides or []), profile)
