@@ -8,6 +8,7 @@ or the files of the workspace.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -24,8 +25,10 @@ from ladnn.config import load_config
 from ladnn.data.importer import import_items
 from ladnn.data.release import RELEASE_BATCH_ID, read_release
 from ladnn.data.store import DatasetStore
-from ladnn.data.versioning import commit_version
+from ladnn.data.versioning import DatasetVersion, commit_version
+from ladnn.reproduce.runs import start_parent_run
 from ladnn.tracking.redact import REDACTED, redact_secrets, redact_url
+from ladnn.tracking.store import tracking_uri_for
 from ladnn.training.run import run_training
 from ladnn.workspace import Workspace
 
@@ -163,3 +166,29 @@ def test_cli_password_uri_not_echoed(tmp_path, database):
 
     assert password not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_reproduce_parent_run_logs_no_password(tmp_path):
+    password = f"pw-{secrets.token_hex(8)}"
+    cfg = load_config(
+        overrides=[f"tracking.audit_uri=postgresql://auditor:{password}@127.0.0.1:5432/audit"]
+    )
+    workspace = Workspace.resolve(tmp_path / "workspace").ensure()
+    version = DatasetVersion(
+        number=1,
+        md5="0" * 32 + ".dir",
+        created_at="2026-12-05T00:00:00+00:00",
+        batch_ids=["covid-ct-release"],
+        n_images=746,
+        counts={},
+        dvc_file="data.dvc",
+    )
+
+    run_id = start_parent_run(cfg, workspace, version, ["resnet18"])
+
+    client = MlflowClient(tracking_uri_for(cfg, workspace))
+    run = client.get_run(run_id)
+    assert run.data.params["tracking.audit_uri"] != cfg.tracking.audit_uri
+    assert password not in json.dumps(run.data.params)
+    logged = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path / "out")))
+    assert password not in logged.read_text()

@@ -34,6 +34,7 @@ from ladnn.reproduce.table import (
     VariantResult,
     render_markdown,
 )
+from ladnn.tracking.redact import redact_secrets
 from ladnn.tracking.registry import git_commit
 from ladnn.tracking.store import configure_mlflow, tracking_uri_for
 from ladnn.training.images import ImageCache
@@ -126,14 +127,16 @@ def start_parent_run(
         },
     )
     run_id = run.info.run_id
+    # Server URLs in the configuration may carry passwords, which must not reach the run.
+    logged_config = redact_secrets(config_to_dict(cfg))
     params = {
         key: value
-        for key, value in flatten_config(config_to_dict(cfg)).items()
+        for key, value in flatten_config(logged_config).items()
         if not key.startswith("model.")
     }
     for key, value in params.items():
         client.log_param(run_id, key, value[:6000])
-    client.log_dict(run_id, config_to_dict(cfg), "config.yaml")
+    client.log_dict(run_id, logged_config, "config.yaml")
     return run_id
 
 
