@@ -1,0 +1,96 @@
+"""The benchmark scripts in bench/: their helpers, and the quick mode of the diagnosis benchmark.
+
+The full benchmarks run outside the test suite (see docs/benchmarks.md); nothing here checks a
+time, only that the scripts run and report consistent figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH = REPO_ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+import import_scaling  # noqa: E402
+import train_throughput  # noqa: E402
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_training_flops_about_three_forwards(backbone):
+    counted = train_throughput.training_flops_per_image(backbone, batch_size=2, image_size=64)
+
+    # Forward, input gradient and weight gradient cost about one forward each; only the first
+    # convolution skips its input gradient.
+    ratio = counted["training"] / counted["forward"]
+    assert counted["forward"] > 0
+    assert 2.5 < ratio <= 3.0
+
+
+def test_reference_loss_matches_vectorised_formula():
+    torch.manual_seed(0)
+    output = torch.rand(6, 6) * 0.98 + 0.01
+    target = torch.tensor(
+        [[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]] * 2, dtype=torch.float32
+    )
+
+    loss = train_throughput.reference_loss(output, target)
+
+    elements = torch.nn.functional.binary_cross_entropy(output, target, reduction="none")
+    with_lesions = (target[:, 1:] > 0).any(dim=1, keepdim=True).float()
+    mask = torch.cat([torch.ones(6, 1), with_lesions.expand(-1, 5)], dim=1)
+    weights = torch.tensor([5.0, 1, 1, 1, 1, 1])
+    expected = (elements * mask * weights).mean()
+    assert math.isclose(float(loss), float(expected), rel_tol=1e-6)
+
+
+def test_augmented_copy_differs_and_decodes(release_dir):
+    from ladnn.data.images import normalise_image
+
+    original = sorted((release_dir / "CT_COVID").iterdir())[0]
+    data = original.read_bytes()
+
+    first = import_scaling.augment(data, seed=1)
+    second = import_scaling.augment(data, seed=2)
+
+    ids = {normalise_image(blob, "copy").image_id for blob in (data, first, second)}
+    assert len(ids) == 3
+    assert import_scaling.augment(data, seed=1) == first
+    assert hashlib.sha256(first).digest() != hashlib.sha256(second).digest()
+
+
+def test_diagnose_latency_quick(tmp_path, datasets_dir):
+    output = tmp_path / "diagnose.json"
+
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "diagnose_latency.py"),
+            "--quick",
+            "--calls",
+            "3",
+            "--datasets",
+            str(datasets_dir),
+            "--output",
+            str(output),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+
+    result = json.loads(output.read_text())
+    assert result["machine"]["nproc"] >= 1
+    assert result["diagnose"]["calls"] == 3
+    assert 0 < result["diagnose"]["p50_ms"] <= result["diagnose"]["p95_ms"]
+    assert 0 < result["gradcam"]["p50_ms"] <= result["gradcam"]["p95_ms"]
+    assert result["batched"]["median_images_per_s"] > 0
+    assert result["target_p50_met"] == (result["diagnose"]["p50_ms"] < 50.0)
