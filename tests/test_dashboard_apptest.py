@@ -5,6 +5,7 @@ Every test that changes the review state works on its own copy of the MLflow dat
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -215,7 +216,11 @@ def test_diagnose_contribution_needs_consent_and_label(local, release_dir: Path)
     assert app.success, [error.value for error in app.error]
     folder = Path(app.success[0].value.removeprefix("Added 1 slice(s) to ").rstrip("."))
     assert folder.parent == local.workspace / "inbox"
-    assert (folder / "metadata.csv").read_text().splitlines()[1].startswith("slice.png,covid,")
+    # The upload is stored under its content hash, never under the uploader's file name.
+    row = (folder / "metadata.csv").read_text().splitlines()[1].split(",")
+    assert re.fullmatch(r"[0-9a-f]{16}\.png", row[0])
+    assert row[1] == "covid"
+    assert (folder / row[0]).read_bytes() == (release_dir / COVID_SLICE).read_bytes()
 
 
 def test_data_and_runs_pages_render(local):
