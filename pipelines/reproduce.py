@@ -6,7 +6,6 @@ The child runs fan out through the flow's task runner; `run_reproduce` sets how 
 
 from __future__ import annotations
 
-from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -26,7 +25,7 @@ from ladnn.reproduce.runs import (
     version_image_ids,
 )
 from ladnn.reproduce.table import VARIANTS
-from ladnn.tracking.store import tracking_uri_for
+from ladnn.tracking.store import mlflow_client, tracking_uri_for
 from ladnn.workspace import Workspace
 from pipelines.common import resolve
 
@@ -90,7 +89,7 @@ def reproduce_flow(
         parent_run_id,
     )
 
-    client = MlflowClient(tracking_uri_for(cfg, space))
+    client = mlflow_client(tracking_uri_for(cfg, space))
     children: dict[tuple[str, str], str | Exception] = {}
     try:
         futures = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from ladnn.data.importer import import_items
@@ -17,6 +18,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tests send traffic only to this machine: no Prefect or DVC usage statistics.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _forget_mlflow_registry():
+    """Clear the model registry URI a test set through `configure_mlflow`.
+
+    `mlflow.set_registry_uri` keeps the URI for the whole process and exports it as
+    `MLFLOW_REGISTRY_URI`, so later tests' clients and subprocesses would read another test's
+    registry.
+    """
+    yield
+    mlflow.set_registry_uri("")
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 def _datasets_dir() -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from ladnn.config import LadnnCfg
 from ladnn.data.operations import find_version, read_version_metadata
@@ -14,7 +13,7 @@ from ladnn.registry.audit import AuditLog, audit_database_url
 from ladnn.registry.compare import ComparisonReport, compare_loaded, render_markdown
 from ladnn.registry.loading import load_version
 from ladnn.registry.review import Registry, ReviewError
-from ladnn.tracking.store import configure_mlflow, tracking_uri_for
+from ladnn.tracking.store import configure_mlflow, mlflow_client, tracking_uri_for
 from ladnn.workspace import Workspace
 
 __all__ = ["open_registry", "frozen_test_frame", "compare_versions"]
@@ -26,7 +25,7 @@ def open_registry(cfg: LadnnCfg, workspace: Workspace) -> Registry:
     configure_mlflow(cfg, workspace)
     uri = tracking_uri_for(cfg, workspace)
     audit = AuditLog(audit_database_url(uri, cfg.tracking.audit_uri))
-    registry = Registry(MlflowClient(uri), audit, cfg.tracking.registered_model)
+    registry = Registry(mlflow_client(uri), audit, cfg.tracking.registered_model)
     registry.reconcile()
     return registry
 

@@ -36,7 +36,7 @@ from ladnn.reproduce.table import (
 )
 from ladnn.tracking.redact import redact_secrets
 from ladnn.tracking.registry import git_commit
-from ladnn.tracking.store import configure_mlflow, tracking_uri_for
+from ladnn.tracking.store import configure_mlflow, mlflow_client, tracking_uri_for
 from ladnn.training.images import ImageCache
 from ladnn.training.run import flatten_config, run_training
 from ladnn.training.trainer import select_device
@@ -113,7 +113,7 @@ def start_parent_run(
 ) -> str:
     """Create the parent MLflow run with the configuration and the chosen backbones."""
     experiment_id = configure_mlflow(cfg, workspace)
-    client = MlflowClient(tracking_uri_for(cfg, workspace))
+    client = mlflow_client(tracking_uri_for(cfg, workspace))
     run = client.create_run(
         experiment_id,
         run_name=f"reproduce {version.name} {cfg.profile}",
@@ -194,7 +194,7 @@ def train_child(
         image_ids=image_ids,
         extra_tags={MLFLOW_PARENT_RUN_ID: parent_run_id, REPRODUCE_TAG: "child"},
     )
-    client = MlflowClient(tracking_uri_for(cfg, workspace))
+    client = mlflow_client(tracking_uri_for(cfg, workspace))
     predictions = _read_predictions(client, run.run_id)
     intervals = _interval_metrics(
         predictions, run.threshold, n_resamples=cfg.eval.bootstrap, seed=cfg.eval.seed

@@ -19,6 +19,15 @@ def tracking_uri_for(cfg: LadnnCfg, workspace: Workspace) -> str:
     return cfg.tracking.tracking_uri or workspace.tracking_uri
 
 
+def mlflow_client(uri: str) -> MlflowClient:
+    """Return a client whose tracking store and model registry are both `uri`.
+
+    `MlflowClient(uri)` alone takes its registry from `mlflow.set_registry_uri` or the
+    `MLFLOW_REGISTRY_URI` variable when either is set, which may name another store.
+    """
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def configure_mlflow(cfg: LadnnCfg, workspace: Workspace) -> str:
     """Set the tracking and registry URI and create the experiment; return the experiment id.
 
@@ -28,7 +37,7 @@ def configure_mlflow(cfg: LadnnCfg, workspace: Workspace) -> str:
     uri = tracking_uri_for(cfg, workspace)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is None:
         is_server = uri.startswith(("http://", "https://", "databricks"))
