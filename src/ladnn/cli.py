@@ -42,7 +42,9 @@ quarantine_app = typer.Typer(
 )
 app.add_typer(quarantine_app, name="quarantine")
 
-console = Console()
+# Lines are never folded at the terminal width, so file names and paths stay whole when the
+# output is piped or read by a script.
+console = Console(soft_wrap=True)
 logger = logging.getLogger("ladnn")
 
 _QUIET_LOGGERS = (
