@@ -133,11 +133,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--child", choices=["train", "dashboard"], help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
-    parser.add_argument("--images", type=int, default=None, help="Training images (160).")
+    parser.add_argument("--images", type=int, default=None, help="Training images (192).")
     parser.add_argument("--size", type=int, default=None, help="Training image size (224).")
     args = parser.parse_args()
     release = datasets_dir(args.datasets) / "covid-ct"
-    images = args.images or (64 if args.quick else 160)
+    images = args.images or (64 if args.quick else 192)
     size = args.size or (64 if args.quick else 224)
 
     if args.child == "train":
