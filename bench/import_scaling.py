@@ -3,7 +3,7 @@
 The synthetic images are augmented copies of the COVID-CT release. Each copy is flipped or not,
 rotated by up to 7 degrees, cropped to 88-98% of each side and changed in brightness and contrast
 by up to 10%, so its content hash differs from the original's. A copy keeps its original's label,
-lesions, patient and official split, so the validation gate sees the same patients again and no
+lesions, patient and official split, so the validation gate checks the same patients again and no
 leakage across patients or splits. The copies are written once as JPEG files under
 `/tmp/ladnn-bench/synthetic` (reused by later runs) and never enter the project.
 

@@ -10,7 +10,7 @@ per-sample BCE loss on sigmoid outputs.
 The project's side is `ladnn.training.trainer.train_model`: images decoded and resized once into a
 uint8 tensor (what `ImageCache` stores), batch augmentation on tensors, channels_last and one torch
 thread per core. Both sides train the same `LADNN` model at the same batch size on the same real
-images, interleaved in one process, so the ratio holds under any load.
+images, interleaved in one process, so both run under the same load and their ratio stays comparable.
 
 The script also measures the machine's float32 matrix-multiply peak (`torch.matmul` of two
 4096x4096 matrices), counts each model's training FLOPs per image with

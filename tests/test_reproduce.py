@@ -194,7 +194,7 @@ def test_pretrained_marker_follows_tags(reproduced):
     for backbone, label in zip(BACKBONES, labels, strict=True):
         pretrained = children[(backbone, "ladnn")].data.tags["pretrained"] == "true"
         assert ("†" in label) is not pretrained
-    # EfficientNet-Lite0 has packaged ImageNet weights and is not one of the paper's backbones.
+    # EfficientNet-Lite0 has packaged ImageNet weights and is not among LA-DNN's seven backbones.
     assert children[("efficientnet_lite0", "ladnn")].data.tags["pretrained"] == "true"
     assert "‡" in labels[1]
 

@@ -27,7 +27,7 @@ _DVC_SCHEMES = ("s3", "gs", "azure", "ssh", "http", "https", "webdav", "webdavs"
 
 
 def uses_servers(cfg: LadnnCfg) -> bool:
-    """Whether any shared server is configured."""
+    """Return whether any shared server is configured."""
     servers = cfg.servers
     return bool(
         cfg.tracking.tracking_uri

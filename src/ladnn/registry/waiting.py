@@ -70,7 +70,7 @@ def resume_waiting_review(registry: Registry, version: str, event: AuditEvent) -
     """Resume the review flow run waiting on `version` with the recorded `event`.
 
     Returns the resumed flow run id, or None when no run waits or the server cannot be reached.
-    The recorded decision stands either way.
+    The recorded decision is kept either way.
     """
     waiting = waiting_run(registry, version)
     if waiting is None:

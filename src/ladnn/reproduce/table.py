@@ -1,8 +1,9 @@
-"""The backbone table of the LA-DNN paper (its Table 2 layout), built from logged child runs.
+"""The backbone table of the LA-DNN paper (Liu, Gao, He, Lv and Yin 2020, medRxiv
+10.1101/2020.05.11.20097907; its Table 2 layout), built from logged child runs.
 
 Rows are sensitivity, AUC, F1 and accuracy per backbone; the baseline and LA-DNN sit side by side,
 each value with its 95% confidence interval, and the AUC row carries DeLong's p-value of LA-DNN
-against the baseline on the same test images. The paper's own numbers go in two more columns.
+against the baseline on the same test images. The published numbers go in two more columns.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ __all__ = [
     "table_from_dict",
 ]
 
-# Metrics of the table in the paper's row order, as (MLflow metric suffix, row label).
+# Metrics of the table in the row order of that Table 2, as (MLflow metric suffix, row label).
 TABLE_METRICS: tuple[tuple[str, str], ...] = (
     ("sensitivity", "Sensitivity"),
     ("auc", "AUC"),

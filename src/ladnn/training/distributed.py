@@ -74,7 +74,7 @@ def setup_distributed(
 
 
 def current_context() -> DistributedContext | None:
-    """The process group this process has joined, or None when it trains alone."""
+    """Return the process group this process has joined, or None when it trains alone."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
         return None
     return DistributedContext(
