@@ -27,7 +27,7 @@ def check_images_task(cfg: LadnnCfg) -> int:
     return count
 
 
-@task(name="train-ladnn", timeout_seconds=6 * 3600)
+@task(name="train-ladnn")
 def train_task(
     cfg: LadnnCfg, workspace: Workspace, dataset_version: str, resume: bool, progress: bool
 ) -> TrainingRun:

@@ -11,13 +11,14 @@ from prefect import flow, get_run_logger, task
 from prefect.context import TaskRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from ladnn.config import LadnnCfg, config_to_dict
+from ladnn.config import LadnnCfg, resume_identity
 from ladnn.continual import plan_training
 from ladnn.cycle import data_root, register_run
 from ladnn.data.operations import find_version
 from ladnn.data.store import DatasetStore
 from ladnn.registry.workflow import open_registry
 from ladnn.training.run import run_training
+from ladnn.training.trainer import TrainingTimeout
 from ladnn.workspace import Workspace
 from pipelines.common import resolve
 from pipelines.review import review_flow
@@ -39,7 +40,7 @@ def _training_key(context: TaskRunContext, parameters: dict) -> str:
     cfg: LadnnCfg = parameters["cfg"]
     text = json.dumps(
         {
-            "config": config_to_dict(cfg),
+            "config": resume_identity(cfg),
             "dataset": parameters["dataset_version"],
             "workspace": str(parameters["workspace"].root),
         },
@@ -48,13 +49,19 @@ def _training_key(context: TaskRunContext, parameters: dict) -> str:
     return "train-" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def _retry_unless_out_of_time(task, task_run, state) -> bool:
+    """Retry a failed training (it resumes from its checkpoint), but not one that ran out of its
+    `train.timeout_minutes`: a retry would get the whole limit again."""
+    return not isinstance(state.result(raise_on_failure=False), TrainingTimeout)
+
+
 @task(
     name="train-variant",
     retries=1,
     retry_delay_seconds=30,
+    retry_condition_fn=_retry_unless_out_of_time,
     cache_key_fn=_training_key,
     persist_result=True,
-    timeout_seconds=6 * 3600,
 )
 def train_variant_task(cfg: LadnnCfg, workspace: Workspace, dataset_version: str) -> dict:
     """Train (resuming an interrupted run of the same settings) and register one variant."""

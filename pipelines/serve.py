@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Literal
 
@@ -12,13 +13,22 @@ from pipelines.common import DATASET_VERSION_CREATED, DRIFT_DETECTED
 from pipelines.cycle import cycle_flow
 from pipelines.inbox import inbox_flow
 from pipelines.ingest import ingest_flow
+from pipelines.recovery import HEARTBEAT_SECONDS, start_recovery_loop
 from pipelines.retrain import retrain_flow
 from pipelines.review import review_flow
 
-__all__ = ["RETRAIN_EVENTS", "build_deployments", "serve_flows"]
+__all__ = ["RETRAIN_EVENTS", "SERVED_DEPLOYMENTS", "build_deployments", "serve_flows"]
 
 
 RETRAIN_EVENTS = {"version": DATASET_VERSION_CREATED, "drift": DRIFT_DETECTED}
+# `flow/deployment` names of what `build_deployments` returns.
+SERVED_DEPLOYMENTS = (
+    "ingest-inbox/inbox",
+    "ingest/ingest",
+    "retrain/retrain",
+    "review/review",
+    "cycle/cycle",
+)
 
 
 def build_deployments(
@@ -84,10 +94,24 @@ def serve_flows(
     retrain_on: Literal["version", "drift"] = "version",
     profile: str | None = None,
     config_path: str | None = None,
+    stale_after: float = 4 * HEARTBEAT_SECONDS,
+    max_restarts: int = 2,
 ) -> None:
-    """Serve all deployments from this process until interrupted."""
-    serve(
-        *build_deployments(
-            workspace, inbox_interval_seconds, overrides, retrain_on, profile, config_path
-        )
+    """Serve all deployments from this process until interrupted.
+
+    The flow runs it starts send heartbeats. A background check marks a run that sent none for
+    `stale_after` seconds Crashed and starts a crashed retraining or cycle run again, at most
+    `max_restarts` times in a row (`pipelines.recovery`).
+    """
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))
+    stop = start_recovery_loop(
+        workspace, SERVED_DEPLOYMENTS, stale_after=stale_after, max_attempts=max_restarts
     )
+    try:
+        serve(
+            *build_deployments(
+                workspace, inbox_interval_seconds, overrides, retrain_on, profile, config_path
+            )
+        )
+    finally:
+        stop.set()

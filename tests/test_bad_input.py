@@ -854,7 +854,8 @@ BATCH_CASES = [
             "file_name,label,scanner,GGO,consolidation(Csld)\n"
             "slice-0.png,covid,Siemens,1,0\nslice-1.png,covid,GE,,1\n"
         ),
-        {"slice-0.png": {"GGO": 1, "Csld": 0}, "slice-1.png": {"GGO": pd.NA, "Csld": 1}},
+        None,
+        r"metadata\.csv: unknown column\(s\) \['scanner'\]",
     ),
     BatchCase(
         "csv-duplicated-rows",
@@ -897,22 +898,22 @@ BATCH_CASES = [
     BatchCase(
         "csv-invalid-label",
         _folder_with_csv("file_name,label\nslice-0.png,maybe\nslice-1.png,covid\n"),
-        None,
-        r"metadata\.csv \(slice-0\.png\): invalid label 'maybe'",
+        {"slice-1.png": {"label": 1}},
+        r"rejected: ward/slice-0\.png: .*invalid label 'maybe'",
     ),
     BatchCase(
         "csv-invalid-lesion-value",
         _folder_with_csv("file_name,label,GGO\nslice-0.png,covid,2\nslice-1.png,covid,1\n"),
-        None,
-        r"metadata\.csv \(slice-0\.png\): invalid lesion value '2'",
+        {"slice-1.png": {"GGO": 1}},
+        r"rejected: ward/slice-0\.png: .*invalid value '2' of lesion GGO",
     ),
     BatchCase(
         "csv-invalid-date",
         _folder_with_csv(
             "file_name,label,collected_on\nslice-0.png,covid,31.02\nslice-1.png,covid,5.14\n"
         ),
-        None,
-        r"metadata\.csv \(slice-0\.png\): invalid collection date '31\.02'",
+        {"slice-1.png": {"collected_on": "2020-05-14"}},
+        r"rejected: ward/slice-0\.png: .*collected_on '31\.02' is not a date",
     ),
     BatchCase(
         "csv-semicolons",

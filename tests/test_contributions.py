@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import zipfile
 from datetime import UTC, datetime
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ladnn.data.contributions import parse_label, read_contribution, read_uploads
+from ladnn.data.importer import metadata_problems
 
 # Contributed file name -> index into the real release images of the `real_images` fixture. The
 # two `p1-slice-*` files share the patient group `p1-slice` when no patient_id is given.
@@ -206,41 +206,65 @@ def test_contribution_batch_id_option(batch_folder):
     ("column", "value", "message"),
     [
         ("negative_subtype", "cancer", "invalid negative_subtype 'cancer'"),
-        ("collected_on", "14/05/2020", "invalid collection date '14/05/2020'"),
         ("label", "maybe", "invalid label 'maybe'"),
-        ("GGO", "2", "invalid lesion value '2'"),
+        ("GGO", "2", "invalid value '2' of lesion GGO"),
     ],
 )
-def test_contribution_invalid_value(batch_folder, column, value, message):
-    _write_csv(batch_folder, f"file_name,{column}\nscan.jpg,{value}\n")
+def test_contribution_invalid_value_kept_for_the_gate(batch_folder, column, value, message):
+    """A value that cannot be read is kept as given; the gate then rejects that row alone."""
+    _write_csv(batch_folder, f"file_name,{column}\nscan.jpg,{value}\np1-slice-1.png,\n")
 
-    with pytest.raises(ValueError) as caught:
-        read_contribution(batch_folder, label=0)
-
-    assert message in str(caught.value)
-
-
-def test_contribution_invalid_subtype_names_row(batch_folder):
-    _write_csv(batch_folder, "file_name,label,negative_subtype\nscan.jpg,0,cancer\n")
-
-    with pytest.raises(ValueError) as caught:
-        read_contribution(batch_folder, label=0)
-
-    assert "metadata.csv (scan.jpg)" in str(caught.value)
-    assert "other pneumonia" in str(caught.value)
-
-
-def test_contribution_unknown_column_warns(batch_folder, caplog):
-    _write_csv(batch_folder, "file_name,label,scanner\nscan.jpg,0,GE Revolution\n")
-
-    with caplog.at_level(logging.WARNING, logger="ladnn.data.contributions"):
-        _, items = read_contribution(batch_folder, label=1)
-    warnings = [
-        record.getMessage() for record in caplog.records if record.levelno == logging.WARNING
-    ]
+    _, items = read_contribution(batch_folder, label=0)
+    by_name = _items_by_name(items)
 
     assert len(items) == 4
-    assert any("ignoring unknown column(s) ['scanner']" in message for message in warnings)
+    [problem] = metadata_problems(by_name["scan.jpg"])
+    assert message in problem
+    assert metadata_problems(by_name["p1-slice-1.png"]) == []
+
+
+def test_contribution_invalid_date_kept_for_the_gate(batch_folder):
+    _write_csv(batch_folder, "file_name,collected_on\nscan.jpg,14/05/2020\n")
+
+    _, items = read_contribution(batch_folder, label=0)
+
+    assert _items_by_name(items)["scan.jpg"].collected_on == "14/05/2020"
+
+
+def test_contribution_lesion_list(batch_folder):
+    _write_csv(
+        batch_folder,
+        "file_name,label,lesions\n"
+        "p1-slice-1.png,1,GGO; Aibr\n"
+        "p1-slice-2.png,1,none\n"
+        "case7_3.jpg,0,\n"
+        "scan.jpg,1,GGO|Pleural effusion\n",
+    )
+
+    _, items = read_contribution(batch_folder)
+    by_name = _items_by_name(items)
+
+    assert by_name["p1-slice-1.png"].lesions == {
+        "GGO": 1,
+        "Csld": 0,
+        "CrPa": 0,
+        "AirBr": 1,
+        "InSepThi": 0,
+    }
+    assert set(by_name["p1-slice-2.png"].lesions.values()) == {0}
+    assert by_name["case7_3.jpg"].lesions == {}
+    [problem] = metadata_problems(by_name["scan.jpg"])
+    assert "unknown lesion name 'Pleural effusion'" in problem
+
+
+def test_contribution_unknown_column_stops(batch_folder):
+    csv_path = _write_csv(batch_folder, "file_name,label,scanner\nscan.jpg,0,GE Revolution\n")
+
+    with pytest.raises(ValueError) as caught:
+        read_contribution(batch_folder, label=1)
+
+    assert str(csv_path) in str(caught.value)
+    assert "unknown column(s) ['scanner']" in str(caught.value)
 
 
 def test_contribution_exact_duplicates_merged(batch_folder):

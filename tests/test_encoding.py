@@ -55,6 +55,19 @@ def test_gbk_chinese_detected_gb18030():
     assert detect_encoding(text.encode("gbk")) == "gb18030"
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["imgname,note\nslice.png,无\n", "imgname,GGO,note\na.png,1,有\nb.png,0,无\n"],
+    ids=["one-cell", "two-cells"],
+)
+def test_gbk_single_ideographs_detected_gb18030(text):
+    """A cell holding one ideograph and nothing else is Chinese, though cp1252 also decodes it."""
+    data = text.encode("gbk")
+
+    assert detect_encoding(data) == "gb18030"
+    assert data.decode("gb18030") == text
+
+
 def test_utf8_detected():
     assert detect_encoding(UNICODE_CSV.encode("utf-8")) == "utf-8"
 

@@ -80,6 +80,10 @@ EXPECTED_REASONS = {
     "bad/test-copy.png": {"no_exact_leak"},
     "bad/test-copy-resized.jpg": {"no_near_duplicate_leak"},
     "bad/tiny.png": {"width_in_range", "height_in_range"},
+    "bad/unknown-lesion.png": {"metadata_valid"},
+    "bad/invalid-lesion-value.png": {"metadata_valid"},
+    "bad/invalid-label.png": {"metadata_valid", "label_present"},
+    "bad/invalid-date.png": {"collected_on_is_date"},
 }
 
 
@@ -97,11 +101,13 @@ class BadBatchImport:
 def bad_batch(
     tmp_path_factory, imported_release: DatasetStore, new_data_dir: Path, release_test_image: Path
 ) -> BadBatchImport:
-    """Import LA-DNN's 9 negative slices of 5.16 plus eight bad files into a copy of the release."""
+    """Import LA-DNN's 9 negative slices of 5.16 and 6 COVID slices of 6.2 with twelve bad files
+    into a copy of the release."""
     base = tmp_path_factory.mktemp("bad-batch")
     store = copy_dataset(imported_release, base / "root")
-    _, good = read_ladnn_batch(new_data_dir / "5.16")
+    _, negatives = read_ladnn_batch(new_data_dir / "5.16")
     _, covid = read_ladnn_batch(new_data_dir / "6.2")
+    good = [*negatives, *covid[10:16]]
     original = release_test_image.read_bytes()
     with Image.open(release_test_image) as opened:
         picture = opened.convert("RGB")
@@ -124,6 +130,28 @@ def bad_batch(
         _item("bad/test-copy.png", original, 1, "bad:new-patient"),
         _item("bad/test-copy-resized.jpg", jpeg.getvalue(), 1, "bad:new-patient-2"),
         _item("bad/tiny.png", _center_crop(covid[1].read_bytes(), 16), 1, "bad:tiny"),
+        _item(
+            "bad/unknown-lesion.png",
+            covid[2].read_bytes(),
+            1,
+            "bad:unknown-lesion",
+            lesions={"GGO": 1, "Pleural effusion": 1},
+        ),
+        _item(
+            "bad/invalid-lesion-value.png",
+            covid[3].read_bytes(),
+            1,
+            "bad:lesion-value",
+            lesions={"Csld": "maybe"},
+        ),
+        _item("bad/invalid-label.png", covid[4].read_bytes(), "2", "bad:label"),
+        _item(
+            "bad/invalid-date.png",
+            covid[5].read_bytes(),
+            1,
+            "bad:date",
+            collected_on="2026-13-45",
+        ),
     ]
     rows_before = len(store.read_metadata())
     report = import_items(
@@ -150,6 +178,20 @@ def test_bad_batch_keeps_good_rows(bad_batch):
     assert bad_batch.report.added == bad_batch.good_names
     assert len(metadata) == bad_batch.rows_before + len(bad_batch.good_names)
     assert not set(EXPECTED_REASONS) & set(metadata["file_name"])
+
+
+def test_summary_counts_each_file_once(bad_batch):
+    """A copy of a test image under a new patient is a rejection, not also a duplicate."""
+    report = bad_batch.report
+    counted = (
+        len(report.added)
+        + len(report.already_present)
+        + len(report.duplicates)
+        + len(report.rejected)
+    )
+
+    assert report.duplicates == []
+    assert counted == len(bad_batch.good_names) + len(EXPECTED_REASONS)
 
 
 def test_bad_batch_rejects_each_file(bad_batch):
@@ -252,20 +294,19 @@ def test_unknown_lesion_header_stops_reading(tmp_path, release_test_image):
     assert "meta.csv" in str(caught.value)
 
 
-def test_unknown_lesion_key_stops_import(tmp_path, new_data_dir):
+def test_unknown_lesion_key_rejects_row(tmp_path, new_data_dir):
     store = DatasetStore(tmp_path / "root")
     _, items = read_ladnn_batch(new_data_dir / "5.16")
     items[0].lesions = {"Pleural effusion": 1}
 
-    with pytest.raises(BatchValidationError) as caught:
-        import_items(
-            items, store, "unknown-lesion", validation_dir=tmp_path / "validation", progress=False
-        )
+    report = import_items(
+        items, store, "unknown-lesion", validation_dir=tmp_path / "validation", progress=False
+    )
 
-    assert "no_unknown_columns" in str(caught.value)
-    assert "Pleural effusion" in str(caught.value)
-    assert "nothing was imported" in str(caught.value)
-    assert not store.exists()
+    [(name, reason)] = report.rejected
+    assert name == items[0].file_name
+    assert "unknown lesion name 'Pleural effusion'" in reason
+    assert report.added == [item.file_name for item in items[1:]]
 
 
 def test_mostly_bad_batch_stops(tmp_path, new_data_dir):

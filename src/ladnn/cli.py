@@ -110,6 +110,8 @@ def main(
     os.environ.setdefault("PREFECT_HOME", str(space.prefect_home))
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect gives its temporary local server 20 s to start, which a busy 2-core machine exceeds.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
     ctx.obj = Context(space, config, list(overrides or []), profile)
@@ -591,9 +593,22 @@ def flows_serve(
             "'drift' (only a batch that drifted from the training data)."
         ),
     ] = "version",
+    stale_after: Annotated[
+        float,
+        typer.Option(
+            help="Seconds without a heartbeat after which a running flow run counts as crashed."
+        ),
+    ] = 120.0,
+    max_restarts: Annotated[
+        int, typer.Option(help="Times in a row a crashed retrain or cycle run is started again.")
+    ] = 2,
 ) -> None:
     """Serve the deployments (inbox schedule, retrain on new dataset versions) against the Prefect
-    server at $PREFECT_API_URL; start one with `prefect server start`."""
+    server at $PREFECT_API_URL; start one with `prefect server start`.
+
+    Flow runs send heartbeats; a run that stops sending them is marked Crashed, and a crashed
+    retrain or cycle run is started again, resuming from its checkpoint."""
+    from pipelines.recovery import HEARTBEAT_SECONDS
     from pipelines.serve import serve_flows
 
     state: Context = ctx.obj
@@ -606,6 +621,12 @@ def flows_serve(
     console.print(f"serving flows; drop batches into {state.workspace.root / 'inbox'}")
     if retrain_on not in ("version", "drift"):
         _fail(f"--retrain-on must be 'version' or 'drift', not {retrain_on!r}")
+    heartbeat = int(os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") or HEARTBEAT_SECONDS)
+    if stale_after <= heartbeat:
+        _fail(
+            f"--stale-after must be longer than the heartbeat interval ({heartbeat} s, "
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY), or every running flow run would count as crashed"
+        )
     serve_flows(
         str(state.workspace.root),
         inbox_interval,
@@ -613,6 +634,8 @@ def flows_serve(
         retrain_on,
         state.profile,
         str(state.config_path.resolve()) if state.config_path else None,
+        stale_after=stale_after,
+        max_restarts=max_restarts,
     )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "TrainCfg",
     "ServersCfg",
     "PROFILES",
+    "resume_identity",
     "SERVERS_ENV",
     "load_config",
     "config_to_dict",
@@ -88,6 +89,9 @@ class TrainCfg:
     ema_decay: float = 0.0
     # Stop after this many epochs without a better validation AUC; 0 disables early stopping.
     patience: int = 0
+    # Stop with an error once training has run this many minutes, keeping the last epoch's
+    # checkpoint for `--resume`; 0 means no limit.
+    timeout_minutes: float = 360.0
     seed: int = 0
     # Torch intra-op threads; 0 means one per CPU core.
     threads: int = 0
@@ -197,6 +201,20 @@ def config_to_dict(cfg: LadnnCfg) -> dict[str, Any]:
         return value
 
     return plain(dataclasses.asdict(cfg))
+
+
+# Settings that limit a training run without changing what it computes.
+_RUN_LIMITS = {"train": ("timeout_minutes",)}
+
+
+def resume_identity(cfg: LadnnCfg) -> dict[str, Any]:
+    """The configuration that a checkpoint must match to be resumed: all of it except the limits
+    on the run (`train.timeout_minutes`), so a run stopped by its time limit resumes with another."""
+    values = config_to_dict(cfg)
+    for section, names in _RUN_LIMITS.items():
+        for name in names:
+            values[section].pop(name, None)
+    return values
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

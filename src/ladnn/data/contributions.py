@@ -2,13 +2,17 @@
 
 The contributor CSV schema is documented in `docs/data-format.md`: `file_name` and `label` are
 required (or `label` for the whole batch from the command line); lesion columns under any known
-spelling, `patient_id`, `source`, `negative_subtype`, `collected_on` and `caption` are optional.
+spelling, a `lesions` list, `patient_id`, `source`, `negative_subtype`, `collected_on` and
+`caption` are optional. A column outside the schema stops the import. A value that cannot be read
+(a label, a lesion name or value, a subtype or a date) is kept as given, so the data-validation
+gate rejects that row with the reason and the rest of the batch goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -17,8 +21,8 @@ import pandas as pd
 
 from ladnn.data.captions import extract_lesions
 from ladnn.data.encoding import read_csv_any_encoding
-from ladnn.data.importer import ImportItem
-from ladnn.data.lesions import UnknownLesionError, canonical_lesion
+from ladnn.data.importer import NEGATIVE_SUBTYPES, ImportItem
+from ladnn.data.lesions import LESIONS, UnknownLesionError, canonical_lesion
 from ladnn.data.sources import list_image_files, parse_collection_date, patient_group
 
 __all__ = [
@@ -31,10 +35,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NEGATIVE_SUBTYPES = ("normal", "lung cancer", "nodule", "other pneumonia")
 CONTRIBUTION_COLUMNS = (
     "file_name",
     "label",
+    "lesions",
     "patient_id",
     "source",
     "negative_subtype",
@@ -51,15 +55,45 @@ def parse_label(value: object, where: str) -> int:
     raise ValueError(f"{where}: invalid label {value!r}: expected 1/0, covid or negative")
 
 
-def _parse_lesion(value: object, where: str) -> int | None:
+def _read_label(value: object) -> int | str:
+    """The label 0 or 1, or the text as given when it is not one."""
+    text = str(value).strip()
+    return _LABELS.get(text.lower(), text)
+
+
+def _read_lesion(value: object) -> int | str | None:
+    """1, 0, None for unknown (an empty cell), or the text as given when it is none of these."""
     if value is None or pd.isna(value) or not str(value).strip():
         return None
-    text = str(value).strip().lower()
-    if text in ("1", "1.0", "yes", "true"):
+    text = str(value).strip()
+    if text.lower() in ("1", "1.0", "yes", "true"):
         return 1
-    if text in ("0", "0.0", "no", "false"):
+    if text.lower() in ("0", "0.0", "no", "false"):
         return 0
-    raise ValueError(f"{where}: invalid lesion value {value!r}: expected 1, 0 or empty (unknown)")
+    return text
+
+
+_LIST_SEPARATORS = re.compile(r"[;,|]")
+
+
+def _read_lesion_list(value: object) -> dict[str, int | str] | None:
+    """Read a `lesions` cell: the lesions present, separated by `;`, `,` or `|`; `none` for none.
+
+    Listed lesions are 1 and the other four 0. An unknown name stays under its own name, which
+    rejects the row. An empty cell is None (lesions unknown).
+    """
+    if value is None or pd.isna(value) or not str(value).strip():
+        return None
+    names = [name.strip() for name in _LIST_SEPARATORS.split(str(value)) if name.strip()]
+    if [name.lower() for name in names] == ["none"]:
+        names = []
+    lesions: dict[str, int | str] = dict.fromkeys(LESIONS, 0)
+    for name in names:
+        try:
+            lesions[canonical_lesion(name)] = 1
+        except UnknownLesionError:
+            lesions[name] = 1
+    return lesions
 
 
 def _find_csv(path: Path) -> Path | None:
@@ -93,16 +127,20 @@ def _read_rows(csv_path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
             f"{csv_path}: missing required column 'file_name'; columns are {list(frame.columns)}"
         )
     lesion_columns: dict[str, str] = {}
-    ignored = []
+    unknown = []
     for column in frame.columns:
         if column in CONTRIBUTION_COLUMNS:
             continue
         try:
             lesion_columns[column] = canonical_lesion(column, source=str(csv_path))
         except UnknownLesionError:
-            ignored.append(column)
-    if ignored:
-        logger.warning("%s: ignoring unknown column(s) %s", csv_path, ignored)
+            unknown.append(column)
+    if unknown:
+        raise ValueError(
+            f"{csv_path}: unknown column(s) {unknown}: neither a column of the contributor schema "
+            f"{list(CONTRIBUTION_COLUMNS)} nor a lesion name (one of {list(LESIONS)} or a known "
+            "spelling such as 'Aibr' or 'InSep'); rename or remove them (docs/data-format.md)"
+        )
     duplicated = frame[frame["file_name"].duplicated(keep=False)]
     if not duplicated.empty:
         conflicting = duplicated.drop_duplicates()
@@ -113,11 +151,12 @@ def _read_rows(csv_path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     return frame, lesion_columns
 
 
-def _parse_date(text: str | None, where: str) -> str | None:
+def _read_date(text: str | None) -> str | None:
+    """The ISO date of `text`, or the text as given when it is not a date."""
     try:
         return parse_collection_date(text)
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from err
+    except ValueError:
+        return text
 
 
 def read_contribution(
@@ -156,12 +195,11 @@ def read_contribution(
         base = PurePosixPath(source_file.name).name
         key = source_file.name if source_file.name in rows else base
         record = rows.get(key)
-        where = f"{csv_path} ({key})" if record is not None else f"{batch}/{source_file.name}"
         if record is not None:
             matched.add(key)
         raw_label = record.get("label") if record is not None else None
         if raw_label is not None and not pd.isna(raw_label):
-            item_label = parse_label(raw_label, where)
+            item_label = _read_label(raw_label)
         elif label is not None:
             item_label = label
         else:
@@ -173,19 +211,18 @@ def read_contribution(
                 return None
             return str(record[name]).strip() or None
 
-        lesions = {}
+        lesions = (record is not None and _read_lesion_list(record.get("lesions"))) or {}
         for column, code in lesion_columns.items():
-            value = _parse_lesion(record.get(column), where) if record is not None else None
-            if value is not None:
-                lesions[code] = value
+            value = _read_lesion(record.get(column)) if record is not None else None
+            if value is None:
+                continue
+            if code in lesions and lesions[code] != value and "lesions" in record:
+                value = f"{value} in column {column!r} but {lesions[code]} in the lesions list"
+            lesions[code] = value
         caption = field_of("caption")
         if lesions_from_captions and not lesions and caption and item_label == 1:
             lesions = extract_lesions(caption)
         subtype = field_of("negative_subtype")
-        if subtype is not None and subtype not in NEGATIVE_SUBTYPES:
-            raise ValueError(
-                f"{where}: invalid negative_subtype {subtype!r}: expected one of {list(NEGATIVE_SUBTYPES)}"
-            )
         items.append(
             ImportItem(
                 file_name=f"{batch.name}/{source_file.name}",
@@ -195,7 +232,7 @@ def read_contribution(
                 source=field_of("source") or default_source,
                 lesions=lesions,
                 negative_subtype=subtype,
-                collected_on=_parse_date(field_of("collected_on"), where) or today,
+                collected_on=_read_date(field_of("collected_on")) or today,
                 caption=caption,
             )
         )

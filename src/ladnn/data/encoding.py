@@ -29,17 +29,25 @@ def _plausible_chinese(text: str) -> bool:
 
     Western single-byte text read as GB18030 turns an accented letter and the ASCII letter after
     it into an ideograph from the GBK extension area (second byte below 0xA1), which GB2312 lacks.
-    Two adjacent accented letters can form one GB2312 ideograph, but rarely two in a row. Single
-    ideographs beside digits, as in the caption "图1 双肺磨玻璃影", are Chinese text too.
+    Two adjacent accented letters can form one GB2312 ideograph, but rarely two in a row, and
+    then inside a word. A single ideograph with no letter beside it, as in a cell holding only "无"
+    or the caption "图1", is Chinese text too.
     """
-    runs = [match.group() for match in _IDEOGRAPH_RUNS.finditer(text)]
-    if not runs:
+    matches = list(_IDEOGRAPH_RUNS.finditer(text))
+    if not matches:
         return True
     try:
-        "".join(runs).encode("gb2312")
+        "".join(match.group() for match in matches).encode("gb2312")
     except UnicodeEncodeError:
         return False
-    return max(len(run) for run in runs) >= 2
+    return any(len(match.group()) >= 2 or _standalone(text, match) for match in matches)
+
+
+def _standalone(text: str, match: re.Match) -> bool:
+    """Check that no letter touches the ideograph run `match` on either side."""
+    before = text[match.start() - 1] if match.start() > 0 else ""
+    after = text[match.end()] if match.end() < len(text) else ""
+    return not before.isalpha() and not after.isalpha()
 
 
 def _plausible_western(text: str) -> bool:

@@ -32,10 +32,12 @@ from ladnn.validation.results import ValidationResult
 from ladnn.validation.suite import ValidationSettings
 
 __all__ = [
+    "NEGATIVE_SUBTYPES",
     "ImportItem",
     "ImportReport",
     "DecodedBatch",
     "decode_batch",
+    "metadata_problems",
     "import_items",
     "validate_items",
 ]
@@ -49,12 +51,15 @@ class ImportItem:
 
     file_name: str
     read_bytes: Callable[[], bytes]
-    label: int
+    # 0 or 1. A reader keeps a value it cannot read as it is, and the gate rejects that row.
+    label: int | str
     patient_id: str
     source: str
-    # Lesion code to 1 or 0; a lesion missing from the mapping is unknown.
-    lesions: dict[str, int] = field(default_factory=dict)
+    # Lesion code to 1 or 0; a lesion missing from the mapping is unknown. An unknown name or a
+    # value other than 0 or 1 is kept as given and rejects the row.
+    lesions: dict[str, int | str] = field(default_factory=dict)
     negative_subtype: str | None = None
+    # ISO date; a text that does not parse is kept and rejects the row.
     collected_on: str | None = None
     caption: str | None = None
     # A split fixed by the publisher; None assigns one from the patient.
@@ -100,11 +105,42 @@ class DecodedBatch:
     report: ImportReport
 
 
+NEGATIVE_SUBTYPES = ("normal", "lung cancer", "nodule", "other pneumonia")
+
+
+def metadata_problems(item: ImportItem) -> list[str]:
+    """What is wrong with the metadata of `item`: a label other than 0 or 1, an unknown lesion
+    name, a lesion value other than 0 or 1, or an unknown negative subtype."""
+    problems = []
+    if not _is_label(item.label):
+        problems.append(f"invalid label {item.label!r}: expected 1/0, covid or negative")
+    for name, value in item.lesions.items():
+        if name not in LESIONS:
+            problems.append(
+                f"unknown lesion name {name!r}: expected one of {list(LESIONS)} or a known "
+                "spelling such as 'Aibr', 'InSep' or 'consolidation(Csld)'"
+            )
+        elif not _is_label(value):
+            problems.append(
+                f"invalid value {value!r} of lesion {name}: expected 1, 0 or empty (unknown)"
+            )
+    subtype = item.negative_subtype
+    if subtype is not None and subtype not in NEGATIVE_SUBTYPES:
+        problems.append(
+            f"invalid negative_subtype {subtype!r}: expected one of {list(NEGATIVE_SUBTYPES)}"
+        )
+    return problems
+
+
+def _is_label(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value in (0, 1)
+
+
 def _metadata_row(item: ImportItem, batch_id: str, image_id: str | None, split: str | None) -> dict:
     row = {
         "image_id": image_id,
         "file_name": item.file_name,
-        "label": int(item.label),
+        "label": int(item.label) if _is_label(item.label) else pd.NA,
         "patient_id": item.patient_id,
         "source": item.source,
         "negative_subtype": item.negative_subtype,
@@ -114,7 +150,8 @@ def _metadata_row(item: ImportItem, batch_id: str, image_id: str | None, split: 
         "split": split,
     }
     for lesion in LESIONS:
-        row[lesion] = item.lesions.get(lesion, pd.NA)
+        value = item.lesions.get(lesion, pd.NA)
+        row[lesion] = value if _is_label(value) else pd.NA
     return row
 
 
@@ -146,8 +183,8 @@ def decode_batch(
       the gate rejects;
     - `candidate`: new to the dataset.
 
-    A lesion name outside the five codes becomes a column `lesion:<name>` of its own, which the
-    gate's batch-level checks reject.
+    `metadata_error` holds what `metadata_problems` finds in a row's metadata (the gate rejects
+    such a row); the label and lesion columns then hold only the values that are valid.
     """
     existing = store.read_metadata()
     known = existing.set_index("image_id")
@@ -162,10 +199,8 @@ def decode_batch(
     for position, item in enumerate(
         tqdm(items, desc=f"import {batch_id}", unit="img", disable=not progress)
     ):
-        unknown_lesions = {
-            f"lesion:{name}": value for name, value in item.lesions.items() if name not in LESIONS
-        }
-        record = {"row": position, **unknown_lesions}
+        problems = metadata_problems(item)
+        record = {"row": position, "metadata_error": "; ".join(problems) or None}
         data = b""
         try:
             data = item.read_bytes()
@@ -191,7 +226,9 @@ def decode_batch(
             else:
                 same_owner = (match["patient_id"], match["split"]) == (item.patient_id, split)
                 outcome = "duplicate" if same_owner else "conflicting_duplicate"
-                report.duplicates.append((item.file_name, match["file_name"]))
+                # The gate rejects a conflicting duplicate, so it is reported once, as rejected.
+                if same_owner:
+                    report.duplicates.append((item.file_name, match["file_name"]))
         elif image_id in batch_names:
             outcome = "duplicate"
             report.duplicates.append((item.file_name, batch_names[image_id]))

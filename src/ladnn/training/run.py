@@ -14,7 +14,7 @@ import mlflow
 import pandas as pd
 import yaml
 
-from ladnn.config import LadnnCfg, config_to_dict
+from ladnn.config import LadnnCfg, config_to_dict, resume_identity
 from ladnn.data.lesions import LESIONS
 from ladnn.data.store import DatasetStore, atomic_write_bytes
 from ladnn.data.versioning import DatasetVersion
@@ -69,7 +69,12 @@ def _run_key(
     """Identify a run by configuration, dataset, training subset and origin, for `--resume`."""
     subset = sorted(train_ids) if train_ids is not None else None
     text = json.dumps(
-        {"config": config_to_dict(cfg), "dataset": version.md5, "train_ids": subset, "tags": tags},
+        {
+            "config": resume_identity(cfg),
+            "dataset": version.md5,
+            "train_ids": subset,
+            "tags": tags,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]

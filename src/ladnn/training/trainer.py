@@ -18,7 +18,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from ladnn.config import LadnnCfg, config_to_dict
+from ladnn.config import LadnnCfg, config_to_dict, resume_identity
 from ladnn.data.lesions import LESIONS
 from ladnn.evaluation.metrics import roc_auc
 from ladnn.models.backbones import LoadedBackbone
@@ -32,9 +32,20 @@ from ladnn.training.distributed import (
 )
 from ladnn.training.images import ImageCache, augment_batch, to_model_input
 
-__all__ = ["SplitData", "TrainOutcome", "prepare_split", "train_model", "predict", "select_device"]
+__all__ = [
+    "SplitData",
+    "TrainOutcome",
+    "TrainingTimeout",
+    "prepare_split",
+    "train_model",
+    "predict",
+    "select_device",
+]
 
 logger = logging.getLogger(__name__)
+
+# The clock that `train.timeout_minutes` is measured with.
+_clock = time.monotonic
 
 
 @dataclass
@@ -194,11 +205,40 @@ def _make_scheduler(optimizer, cfg: LadnnCfg, steps_per_epoch: int):
     total = max(1, train.epochs * steps_per_epoch)
     if train.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=train.lr, total_steps=total, pct_start=0.2
+            optimizer, max_lr=train.lr, total_steps=total, pct_start=_warmup_fraction(total)
         )
     if train.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+class TrainingTimeout(TimeoutError):
+    """Training ran longer than `train.timeout_minutes`."""
+
+
+def _timeout_message(cfg: LadnnCfg, epochs_done: int, checkpoint_path: Path | None) -> str:
+    kept = (
+        f"; the checkpoint after epoch {epochs_done} is kept in {checkpoint_path}, and the same "
+        "command with --resume continues from it"
+        if checkpoint_path is not None and epochs_done
+        else ""
+    )
+    return (
+        f"training stopped after {cfg.train.timeout_minutes:g} min "
+        f"(train.timeout_minutes) with {epochs_done} of {cfg.train.epochs} epochs done{kept}"
+    )
+
+
+def _warmup_fraction(total_steps: int, fraction: float = 0.2) -> float:
+    """Return the one-cycle warm-up fraction, moved off the values where OneCycleLR fails.
+
+    OneCycleLR ends the warm-up at step `fraction * total_steps - 1` and divides by the length of
+    each phase, so a warm-up ending at step 0 (5 steps at 0.2) raises ZeroDivisionError. Such a
+    run warms up for one step instead.
+    """
+    if math.isclose(fraction * total_steps, 1.0):
+        return 2.0 / total_steps
+    return fraction
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -300,7 +340,9 @@ def train_model(
     state, error = None, None
     if resume and checkpoint_path is not None and checkpoint_path.is_file() and is_main:
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state.get("config") != config_to_dict(cfg):
+        written = state.get("config") or {}
+        written.get("train", {}).pop("timeout_minutes", None)
+        if written != resume_identity(cfg):
             error = (
                 f"checkpoint {checkpoint_path} was written with another configuration; "
                 "resume with the same configuration or start without --resume"
@@ -324,6 +366,7 @@ def train_model(
     model, step_module = _wrap_distributed(model, device, context, cfg.train.sync_batchnorm)
 
     started = time.perf_counter()
+    limit, limit_start = cfg.train.timeout_minutes * 60 or math.inf, _clock()
     stale_epochs = 0
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         model.train()
@@ -343,6 +386,9 @@ def train_model(
             leave=False,
         )
         for step in bar:
+            # One process checks the limit at every step; several agree on it once per epoch.
+            if context is None and _clock() - limit_start > limit:
+                raise TrainingTimeout(_timeout_message(cfg, epoch - 1, checkpoint_path))
             index = order[step * batch_size : (step + 1) * batch_size]
             pixels = augment_batch(
                 train.pixels[index],
@@ -434,6 +480,9 @@ def train_model(
                     "config": config_to_dict(cfg),
                 },
             )
+        out_of_time = broadcast_object(_clock() - limit_start > limit, context)
+        if out_of_time and epoch < cfg.train.epochs:
+            raise TrainingTimeout(_timeout_message(cfg, epoch, checkpoint_path))
         if cfg.train.patience and stale_epochs >= cfg.train.patience:
             logger.info(
                 "early stop after epoch %d: no better validation AUC in %d epochs",

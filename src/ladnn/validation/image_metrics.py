@@ -72,7 +72,15 @@ METADATA_COLUMNS = (
 
 # `row` is the position of the file in the batch; `outcome` is what the importer found before
 # validation: `candidate` (new to the dataset), `undecodable`, `already_present` or `duplicate`.
-TABLE_COLUMNS = ("row", "file_name", "outcome", *METRIC_COLUMNS, *METADATA_COLUMNS)
+# `metadata_error` says what is wrong with the publisher's label, lesions or subtype, if anything.
+TABLE_COLUMNS = (
+    "row",
+    "file_name",
+    "outcome",
+    *METRIC_COLUMNS,
+    *METADATA_COLUMNS,
+    "metadata_error",
+)
 
 # Metrics of a dataset image, measured on its canonical PNG (so width and height are after EXIF
 # orientation), with the metadata that leakage checks need.
@@ -112,6 +120,7 @@ _STRING_COLUMNS = (
     "collected_on",
     "caption",
     "split",
+    "metadata_error",
 )
 
 
@@ -158,8 +167,8 @@ def measure_undecodable(error: str, file_size_bytes: int) -> dict[str, object]:
 def build_metrics_table(records: list[dict[str, object]]) -> pd.DataFrame:
     """Build the per-file table in `TABLE_COLUMNS` order with stable dtypes.
 
-    Columns a record has beyond `TABLE_COLUMNS` (such as a lesion name that is not one of the five
-    codes) are kept after the known ones, so the suite can reject them.
+    Columns a record has beyond `TABLE_COLUMNS` are kept after the known ones, so the suite's
+    batch-level check rejects them.
     """
     frame = pd.DataFrame.from_records(records)
     extra = [column for column in frame.columns if column not in TABLE_COLUMNS]

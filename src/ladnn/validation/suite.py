@@ -159,12 +159,20 @@ def row_checks(settings: ValidationSettings) -> list[Check]:
             f"(grey >= {NEAR_WHITE_LEVEL}).",
         ),
         Check(
+            "metadata_valid",
+            ROW_LEVEL,
+            "ExpectColumnValuesToBeNull",
+            {"column": "metadata_error"},
+            "The publisher's label, lesion names and values and negative subtype are valid.",
+            lambda row: str(row["metadata_error"]),
+        ),
+        Check(
             "label_present",
             ROW_LEVEL,
             "ExpectColumnValuesToNotBeNull",
             {"column": "label"},
-            "Every row has a label.",
-            lambda row: "label is missing",
+            "Every row has a label 0 or 1.",
+            lambda row: "label is missing or invalid",
         ),
         Check(
             "label_in_set",
@@ -270,7 +278,7 @@ def batch_checks(settings: ValidationSettings) -> list[Check]:
             BATCH_LEVEL,
             "ExpectTableColumnsToMatchSet",
             {"column_set": known, "exact_match": True},
-            "The table has no column beyond the schema; an unknown lesion name stops the batch.",
+            "The table has no column beyond the schema.",
         ),
         Check(
             "rejected_fraction",
