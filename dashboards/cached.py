@@ -87,3 +87,9 @@ def diagnosis(
     return _diagnosis(
         current.tracking_uri, current.model_name, version, upload.name, upload.data, current
     )
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def data_docs_zip(index: str) -> bytes:
+    """The zipped Data Docs of one validation result; a stored result never changes."""
+    return data.data_docs_zip(index)

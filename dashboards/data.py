@@ -7,10 +7,13 @@ the dataset versions from `<workspace>/datasets/versions.json`, validation resul
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -20,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from ladnn.data.lesions import LESIONS
 from ladnn.data.store import DatasetStore
 from ladnn.data.versioning import list_versions
+from ladnn.registry.compare import slice_table
 from ladnn.registry.review import Registry
 from ladnn.validation.quarantine import list_quarantine
 from ladnn.validation.results import list_results
@@ -34,6 +38,7 @@ __all__ = [
     "load_comparison",
     "comparison_metrics_frame",
     "slice_frame",
+    "data_docs_zip",
     "audit_frame",
     "validation_frame",
     "quarantine_frame",
@@ -143,9 +148,9 @@ def model_versions_frame(registry: Registry) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _format_interval(interval: tuple[float, float]) -> str:
+def _format_interval(interval: tuple[float | None, float | None]) -> str:
     low, high = interval
-    if math.isnan(low) or math.isnan(high):
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
         return "n/a"
     return f"{low:.3f} to {high:.3f}"
 
@@ -188,22 +193,21 @@ def load_comparison(client: MlflowClient, name: str, version: str) -> dict | Non
 
 
 def comparison_metrics_frame(report: dict) -> pd.DataFrame:
-    """Tabulate both models' metrics side by side with the AUC intervals and paired differences."""
+    """Tabulate both models' metrics side by side with their intervals and paired differences."""
     candidate = report["metrics"]["candidate"]
     champion = report["metrics"].get("champion")
     rows = []
     for metric in ("auc", "sensitivity", "specificity", "precision", "f1", "accuracy"):
         row = {"metric": metric, "candidate": candidate[metric]}
-        if metric == "auc":
-            row["candidate 95% CI"] = _format_interval(
-                (candidate["auc_ci_low"], candidate["auc_ci_high"])
-            )
+        # Reports written before every metric had an interval carry the AUC's alone.
+        row["candidate 95% CI"] = _format_interval(
+            (candidate.get(f"{metric}_ci_low"), candidate.get(f"{metric}_ci_high"))
+        )
         if champion is not None:
             row["champion"] = champion[metric]
-            if metric == "auc":
-                row["champion 95% CI"] = _format_interval(
-                    (champion["auc_ci_low"], champion["auc_ci_high"])
-                )
+            row["champion 95% CI"] = _format_interval(
+                (champion.get(f"{metric}_ci_low"), champion.get(f"{metric}_ci_high"))
+            )
             difference = report["differences"][metric]
             row["difference"] = difference["difference"]
             row["difference 95% CI"] = _format_interval(
@@ -214,16 +218,17 @@ def comparison_metrics_frame(report: dict) -> pd.DataFrame:
 
 
 def slice_frame(rows: list[dict]) -> pd.DataFrame:
-    """Build a per-batch or per-subtype table of the report with a `regression` column.
+    """Build a per-batch, per-source or per-subtype table of the report with a `regression` column.
 
     A row regresses when the candidate's AUC or accuracy on it is below the champion's.
     """
-    frame = pd.DataFrame(rows)
+    frame = slice_table(rows)
     if frame.empty:
         return frame
-    differences = [c for c in ("auc_difference", "accuracy_difference") if c in frame.columns]
+    raw = pd.DataFrame(rows)
+    differences = [c for c in ("auc_difference", "accuracy_difference") if c in raw.columns]
     if differences:
-        frame["regression"] = (frame[differences].fillna(0) < 0).any(axis=1)
+        frame["regression"] = (raw[differences].fillna(0) < 0).any(axis=1).to_numpy()
     return frame
 
 
@@ -266,6 +271,17 @@ def validation_frame(workspace: Workspace) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def data_docs_zip(index: str | Path) -> bytes:
+    """Zip the Data Docs site whose front page is `index`, so a browser elsewhere can open it."""
+    site = Path(index).parent
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(site.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{site.parent.name}/{path.relative_to(site)}")
+    return buffer.getvalue()
 
 
 def quarantine_frame(workspace: Workspace) -> pd.DataFrame:

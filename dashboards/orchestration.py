@@ -20,6 +20,7 @@ __all__ = [
     "FlowRunState",
     "prefect_api_url",
     "recent_flow_runs",
+    "active_retrain_runs",
     "start_retrain",
     "flow_run_state",
 ]
@@ -74,11 +75,19 @@ def _client():
 
 
 def recent_flow_runs(limit: int = 10) -> pd.DataFrame:
-    """List the latest flow runs, newest first, with their flow name and state."""
+    """List the latest flow runs due by now, newest first, with their flow name and state.
+
+    Runs scheduled for later (the inbox deployment keeps a queue of them) are left out, so they do
+    not hide the runs that happened.
+    """
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
     from prefect.client.schemas.sorting import FlowRunSort
 
+    due = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(before_=_now()))
     with _client() as client:
-        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit)
+        runs = client.read_flow_runs(
+            flow_run_filter=due, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit
+        )
         flow_names = {
             flow_id: client.read_flow(flow_id).name for flow_id in {run.flow_id for run in runs}
         }
@@ -94,6 +103,41 @@ def recent_flow_runs(limit: int = 10) -> pd.DataFrame:
         for run in runs
     ]
     return pd.DataFrame(rows)
+
+
+def active_retrain_runs() -> list[FlowRunState]:
+    """Runs of the retrain deployment that are due by now and have not ended."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+
+    unfinished = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    with _client() as client:
+        try:
+            deployment = client.read_deployment_by_name(RETRAIN_DEPLOYMENT)
+        except ObjectNotFound:
+            return []
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished)),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=_now()),
+            ),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+        )
+    return [_state_of(run) for run in runs]
+
+
+def _now():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
 
 
 def _time(value) -> str:

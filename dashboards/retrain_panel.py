@@ -15,6 +15,7 @@ from dashboards.auth import User
 from dashboards.orchestration import (
     RETRAIN_DEPLOYMENT,
     PrefectUnavailable,
+    active_retrain_runs,
     flow_run_state,
     prefect_api_url,
     start_retrain,
@@ -51,7 +52,20 @@ def retrain_panel(user: User) -> None:
         f"Starts a run of the Prefect deployment `{RETRAIN_DEPLOYMENT}` at {url}; a worker serving "
         "it (`ladnn flows serve`) trains and registers the candidates."
     )
-    if st.button("Start retraining", key="retrain_start"):
+    try:
+        active = active_retrain_runs()
+    except (PrefectUnavailable, httpx.HTTPError, ValueError) as err:
+        st.warning(f"Could not read the runs of {RETRAIN_DEPLOYMENT}: {err}")
+        return
+    another = True
+    if active:
+        listed = ", ".join(f"{run.name} ({run.state})" for run in active)
+        st.warning(
+            f"Retraining is already under way: {listed}. Another run would train the same "
+            "settings on the same data again."
+        )
+        another = st.checkbox("Start another run anyway", key="retrain_another")
+    if st.button("Start retraining", key="retrain_start", disabled=not another):
         try:
             state = start_retrain()
         except (PrefectUnavailable, httpx.HTTPError, ValueError) as err:

@@ -68,6 +68,9 @@ HEARTBEAT_SECONDS = 30
 # Deployments whose crashed runs are started again. Ingest and inbox runs are not, because the
 # inbox scan picks an interrupted batch up again on its next round.
 RESTARTED_DEPLOYMENTS = ("retrain/retrain", "cycle/cycle")
+# Parameters a restarted run gets on top of the crashed run's: `cycle` resumes its training only
+# when asked to, while `retrain` always does.
+RESTART_PARAMETERS = {"cycle/cycle": {"resume": True}}
 
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 # Tags on flow runs: the attempt a restarted run is, and the run that replaced a crashed one.
@@ -248,7 +251,7 @@ def recover_runs(
                 continue
             new_run = client.create_flow_run_from_deployment(
                 run.deployment_id,
-                parameters=run.parameters,
+                parameters={**run.parameters, **RESTART_PARAMETERS.get(name, {})},
                 tags=[tag for tag in run.tags if not tag.startswith(ATTEMPT_TAG)]
                 + [f"{ATTEMPT_TAG}{attempt}"],
                 idempotency_key=f"ladnn-restart-{run.id}",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from prefect.settings import Settings
@@ -37,3 +39,17 @@ def test_user_startup_limit_kept(clean_environment, tmp_path, monkeypatch):
 
     assert result.exit_code == 0, result.output
     assert Settings().server.ephemeral.startup_timeout_seconds == 45
+
+
+def test_summary_names_programs_the_shell_runs(monkeypatch):
+    """The cycle summary's next commands work whether or not the environment is activated."""
+    from ladnn.cycle import _program
+
+    bin_dir = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    outside = _program("ladnn")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    inside = _program("ladnn")
+
+    assert outside == str(bin_dir / "ladnn")
+    assert inside == "ladnn"

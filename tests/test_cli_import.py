@@ -290,3 +290,15 @@ def test_help_lists_subcommand(tmp_path, group, command):
 
     assert result.exit_code == 0
     assert help_text is not None, result.output
+
+
+def test_help_summary_of_every_command_one_line():
+    """`ladnn --help` shows each command's first help paragraph; one line keeps the list flat."""
+    import typer
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        summary = (command.help or "").strip().split("\n\n")[0]
+
+        assert summary, name
+        assert "\n" not in summary, (name, summary)

@@ -20,6 +20,7 @@ from ladnn.data.release import RELEASE_BATCH_ID, read_release
 from ladnn.data.store import DatasetStore
 from ladnn.data.versioning import commit_version
 from ladnn.models.ladnn import OUTPUT_NAMES
+from ladnn.tracking.store import mlflow_client
 from ladnn.workspace import Workspace
 
 pytestmark = pytest.mark.slow
@@ -127,7 +128,7 @@ def test_diagnose_all_good_exits_zero(trained, release_dir):
 
 def test_diagnose_prefers_champion(trained, release_dir):
     _, workspace, options, _ = trained
-    client = MlflowClient(workspace.tracking_uri)
+    client = mlflow_client(workspace.tracking_uri)
     client.set_registered_model_alias("ladnn", "champion", "1")
     try:
         result = _invoke(options, "diagnose", str(release_dir / JPEG_IMAGE))

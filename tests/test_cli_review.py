@@ -7,6 +7,7 @@ the commands need model versions to review, not good models.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,8 @@ def test_audit_lists_events(cli):
     assert "carol" in result.output
     assert "promote (override)" in result.output
     assert "comparison" in result.output
+    # Piped output keeps whole cells instead of cutting them at 80 columns.
+    assert re.search(r"runs:/[0-9a-f]{32}/comparison/v\d+_vs_(v\d+|none)\.json", result.output)
 
 
 def test_models_shows_aliases(cli):

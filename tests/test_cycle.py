@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
 from ladnn.data.lesions import LESIONS
+from ladnn.tracking.store import mlflow_client
 from pipelines.cycle import cycle_flow
 
 TINY = [
@@ -77,7 +78,7 @@ def test_cycle_logs_run_with_dataset(two_cycles):
 @pytest.mark.slow
 def test_cycle_registers_pending_versions(two_cycles):
     _, first, second = two_cycles
-    client = MlflowClient(first.tracking_uri)
+    client = mlflow_client(first.tracking_uri)
     version = client.get_model_version("ladnn", first.model_version)
     assert version.tags["dataset_version"] == "v1"
     assert version.tags["review_state"] == "pending"

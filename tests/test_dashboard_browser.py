@@ -28,6 +28,8 @@ pytestmark = pytest.mark.slow
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
+# Elements may still render after a script run ends (charts, images): checks wait up to a minute.
+expect.set_options(timeout=60_000)
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -150,9 +152,14 @@ def page(browser, served):
 
 
 def settle(tab) -> None:
-    """Wait until the Streamlit script run that the last action started has finished."""
+    """Wait until the Streamlit script run that the last action started has finished.
+
+    The app's `data-test-script-state` attribute says whether a script runs. The status widget
+    would not do: `ladnn dashboard` starts Streamlit with the minimal toolbar, which never shows it.
+    """
     tab.wait_for_timeout(800)
-    expect(tab.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=PAGE_TIMEOUT_MS)
+    running = tab.locator('[data-testid="stApp"][data-test-script-state="running"]')
+    expect(running).to_have_count(0, timeout=PAGE_TIMEOUT_MS)
 
 
 def screenshot(tab, name: str) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import stat
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +209,17 @@ def test_validation_frame_shows_import_result(space: Workspace):
     assert "dashboard-test" in row["summary"]
 
 
+def test_data_docs_zip_holds_the_site(space: Workspace):
+    row = data.validation_frame(space).iloc[0]
+
+    with zipfile.ZipFile(io.BytesIO(data.data_docs_zip(row["Data Docs"]))) as archive:
+        names = archive.namelist()
+
+    folder = row["validation id"]
+    assert f"{folder}/index.html" in names
+    assert any(name.startswith(f"{folder}/validations/") for name in names)
+
+
 @pytest.mark.slow
 def test_gallery_frame_applies_filters(built: DashboardWorkspace):
     store = DatasetStore(built.root)
@@ -231,9 +244,15 @@ def test_comparison_tables_of_challenger(built: DashboardWorkspace):
     metrics = data.comparison_metrics_frame(report)
     assert metrics["metric"].tolist()[0] == "auc"
     assert {"candidate", "champion", "difference", "difference 95% CI"} <= set(metrics.columns)
-    batches = data.slice_frame(report["per_batch"])
-    expected = (batches["auc_difference"] < 0) | (batches["accuracy_difference"] < 0)
-    assert batches["regression"].tolist() == expected.tolist()
+    # Precision and F1 have no interval for a model that calls no image positive.
+    always_defined = ["auc", "sensitivity", "specificity", "accuracy"]
+    intervals = metrics.set_index("metric").loc[always_defined, "candidate 95% CI"]
+    assert intervals.str.contains(" to ").all()
+    raw = report["per_batch"]
+    batches = data.slice_frame(raw)
+    expected = [row["auc_difference"] < 0 or row["accuracy_difference"] < 0 for row in raw]
+    assert batches["regression"].tolist() == expected
+    assert {"candidate auc", "champion auc", "auc difference", "DeLong p"} <= set(batches.columns)
     assert data.load_comparison(registry.client, registry.name, built.champion) is None
 
 

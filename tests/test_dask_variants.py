@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from distributed import LocalCluster
-from mlflow.tracking import MlflowClient
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.testing.utilities import prefect_test_harness
 from prefect_dask import DaskTaskRunner
@@ -21,6 +20,7 @@ from ladnn.data.importer import import_items
 from ladnn.data.release import RELEASE_BATCH_ID, read_release
 from ladnn.data.store import DatasetStore
 from ladnn.data.versioning import commit_version
+from ladnn.tracking.store import mlflow_client
 from ladnn.workspace import Workspace
 from pipelines.retrain import retrain_flow, variant_task_runner
 
@@ -88,7 +88,7 @@ def test_retrain_variant_on_dask_worker(tmp_path, release_dir):
     [candidate] = summary["candidates"]
     assert candidate["variant"] == "resnet18:baseline"
     assert "train_variant_task" in prefixes
-    client = MlflowClient(workspace.tracking_uri)
+    client = mlflow_client(workspace.tracking_uri)
     version = client.get_model_version("ladnn", candidate["model_version"])
     assert version.tags["review_state"] == "pending"
     run = client.get_run(candidate["run_id"])

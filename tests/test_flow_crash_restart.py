@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from live_servers import BIN, postgres_database, postgres_url, prefect_server, running_server
-from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from ladnn.tracking.store import mlflow_client
 from pipelines.recovery import ATTEMPT_TAG, REPLACED_TAG
 
 pytestmark = pytest.mark.servers
@@ -161,7 +161,7 @@ def test_killed_retrain_crashed_then_resumed(tmp_path, release_dir):
             )
         assert any("resumed from" in log.message for log in logs), [log.message for log in logs]
 
-    tracking = MlflowClient(f"sqlite:///{workspace / 'mlflow' / 'mlflow.db'}")
+    tracking = mlflow_client(f"sqlite:///{workspace / 'mlflow' / 'mlflow.db'}")
     experiment_ids = [e.experiment_id for e in tracking.search_experiments()]
     training_runs = [
         r

@@ -114,6 +114,7 @@ def test_restarts_stop_after_max_attempts(workspace):
         run_id = recovery.new_run
 
     assert [recovery.attempt for recovery in attempts] == [1, 2, 3]
+    assert _read(attempts[0].new_run).parameters["resume"] is True
     assert attempts[-1].new_run is None
     assert "not started again" in attempts[-1].message
     assert _only_for(_recover(workspace, max_attempts=2), run_id) == []

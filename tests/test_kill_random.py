@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
 
 from ladnn.config import load_config
 from ladnn.data.contributions import read_contribution
@@ -38,6 +37,7 @@ from ladnn.data.release import RELEASE_BATCH_ID, read_release
 from ladnn.data.store import DatasetStore
 from ladnn.data.versioning import commit_version, list_versions
 from ladnn.evaluation.registered import load_model
+from ladnn.tracking.store import mlflow_client
 from ladnn.workspace import Workspace
 
 BASE_SIZE = 8
@@ -366,7 +366,7 @@ def check_models(root: Path, workspace: Workspace) -> list[str]:
         if not 1 <= state["epoch"] <= 3:
             problems.append(f"checkpoint {checkpoint.name} has epoch {state['epoch']}")
     cfg = load_config(overrides=[*TRAIN_SETTINGS, f"data.root={root}"])
-    client = MlflowClient(workspace.tracking_uri)
+    client = mlflow_client(workspace.tracking_uri)
     for version in client.search_model_versions(f"name = '{cfg.tracking.registered_model}'"):
         try:
             loaded = load_model(cfg, workspace, version=str(version.version))
@@ -424,8 +424,6 @@ def test_killed_training_recovers(train_base, tmp_path):
     assert failures == []
 
 
-# NOTE: with seed 20240607 trial 1 fails: a kill during registration left a model version that
-# `search_model_versions` lists and `get_model_version` rejects (see docs/robustness.md).
 @pytest.mark.long
 def test_killed_training_recovers_many(train_base, tmp_path):
     started = time.monotonic()

@@ -20,6 +20,7 @@ from ladnn.evaluation.metrics import (
     choose_threshold,
     roc_auc,
     sensitivity_at_specificity,
+    threshold_metric_intervals,
     threshold_metrics,
 )
 
@@ -230,3 +231,19 @@ def test_bootstrap_ci_single_class_is_nan():
 
     assert math.isnan(low)
     assert math.isnan(high)
+
+
+@pytest.mark.parametrize("name", ["sensitivity", "specificity", "precision", "f1", "accuracy"])
+def test_threshold_intervals_match_bootstrap(name: str):
+    """One pass over the resamples gives each metric the interval of its own bootstrap."""
+    labels, scores = separable_scores(120, seed=5)
+    patients = np.arange(120) // 3
+
+    def statistic(y: np.ndarray, p: np.ndarray) -> float:
+        return threshold_metrics(y, p, 0.5)[name]
+
+    intervals = threshold_metric_intervals(labels, scores, 0.5, patients, n_resamples=200, seed=7)
+    expected = bootstrap_ci(statistic, labels, scores, patients, n_resamples=200, seed=7)
+
+    assert intervals[name] == pytest.approx(expected, abs=1e-12)
+    assert intervals[name][0] <= threshold_metrics(labels, scores, 0.5)[name] <= intervals[name][1]

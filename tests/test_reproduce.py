@@ -40,6 +40,7 @@ from ladnn.reproduce.table import (
     render_markdown,
     table_from_dict,
 )
+from ladnn.tracking.store import mlflow_client
 from ladnn.workspace import Workspace
 from pipelines.reproduce import run_reproduce
 
@@ -84,7 +85,7 @@ def reproduced(tmp_path_factory, release_dir: Path) -> dict:
             workspace=str(space.root),
         )
     cfg = load_config(None, overrides, "reproduce-cpu")
-    client = MlflowClient(space.tracking_uri)
+    client = mlflow_client(space.tracking_uri)
     return {"result": result, "client": client, "cfg": cfg, "workspace": space, "root": root}
 
 

@@ -15,13 +15,13 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from ladnn.data.importer import import_items
 from ladnn.data.lesions import LESIONS
 from ladnn.data.release import RELEASE_BATCH_ID, read_release
 from ladnn.data.store import DatasetStore
 from ladnn.data.versioning import commit_version
+from ladnn.tracking.store import mlflow_client
 from ladnn.workspace import Workspace
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def test_killed_training_resumes_same_run(tmp_path, release_dir):
     assert not checkpoint.exists()
     assert not run_file.exists()
 
-    client = MlflowClient(workspace.tracking_uri)
+    client = mlflow_client(workspace.tracking_uri)
     run = client.get_run(interrupted_run)
     assert run.info.status == "FINISHED"
     epochs = set(range(1, EPOCHS + 1))

@@ -133,6 +133,21 @@ def test_registration_sets_no_alias(setup):
     assert registry.audit.events("review-fresh") == []
 
 
+def test_registration_tags_metric_intervals(setup):
+    cfg = setup.register("review-tags")
+    tags = setup.registry(cfg).client.get_model_version("review-tags", "1").tags
+
+    # Sensitivity, specificity and accuracy are defined in every resample with both classes;
+    # precision and F1 are not when a model calls no image positive.
+    for name in ("auc", "sensitivity", "specificity", "accuracy"):
+        low, high = json.loads(tags[f"test_{name}_ci"])
+        assert 0.0 <= low <= high <= 1.0, name
+    for name in ("precision", "f1"):
+        assert tags[f"test_{name}_ci"].startswith("["), name
+    assert tags["dataset_version"] == "v1"
+    assert tags["validation_result_id"].startswith("val-")
+
+
 def test_uncompared_promote_needs_override(setup):
     cfg = setup.register("review-uncompared")
     registry = setup.registry(cfg)
@@ -287,14 +302,39 @@ def test_report_delong_p_in_range(lenient):
     assert delong["standard_error"] >= 0.0
 
 
+def test_report_metric_intervals(lenient):
+    for role in ("candidate", "champion"):
+        metrics = lenient.report.metrics[role]
+        for name in ("sensitivity", "specificity", "accuracy"):
+            low, high = metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"]
+            assert 0.0 <= low <= metrics[name] <= high <= 1.0, (role, name)
+
+
 def test_report_per_batch_table(lenient):
     [row] = lenient.report.per_batch
     assert row["batch_id"] == RELEASE_BATCH_ID
     assert row["n"] == 40
     assert row["positives"] == 20
     assert row["auc_difference"] == pytest.approx(row["candidate_auc"] - row["champion_auc"])
+    assert row["auc_difference_ci_low"] <= row["auc_difference_ci_high"]
+    assert row["candidate_auc_ci_low"] <= row["candidate_auc_ci_high"]
+    assert 0.0 <= row["delong_p"] <= 1.0
+    assert row["delong_p"] == pytest.approx(lenient.report.delong["p_value"])
     gate_names = [gate.name for gate in lenient.report.gates]
     assert gate_names == ["min_sensitivity", "max_auc_drop", f"batch_auc:{RELEASE_BATCH_ID}"]
+
+
+def test_report_per_source_and_subtype(lenient):
+    report = lenient.report
+    sources = report.per_source
+    subtypes = report.per_subtype
+
+    assert sum(row["n"] for row in sources) == report.n_images
+    assert all("candidate_auc" in row for row in sources)
+    # Release negatives have no subtype: one slice of all 20 COVID images against them.
+    assert [row["negative_subtype"] for row in subtypes] == ["unknown"]
+    assert subtypes[0]["positives"] == 20
+    assert subtypes[0]["n"] == 40
 
 
 def test_markdown_sections(lenient):
@@ -302,6 +342,8 @@ def test_markdown_sections(lenient):
     assert markdown.startswith(f"# {lenient.name}: candidate v2 against champion v1")
     assert "DeLong test for the AUCs" in markdown
     assert "## Per batch" in markdown
+    assert "## COVID against each negative subtype" in markdown
+    assert "DeLong p" in markdown
     assert "## Gates" in markdown
     assert "- PASS `min_sensitivity`" in markdown
 
@@ -348,6 +390,8 @@ def test_compare_with_champion_raises(setup, lenient):
     cfg = setup.config(lenient.name)
     with pytest.raises(ReviewError, match="is the champion"):
         setup.compare(cfg, "2")
+    with pytest.raises(ReviewError, match="cannot compare version 3 with itself"):
+        setup.compare(cfg, "3", "3")
 
 
 def test_compare_without_champion(setup):
@@ -394,6 +438,67 @@ def test_failed_gates_need_override(setup):
     assert registry.audit.events(name)[-1] == event
 
 
+@pytest.mark.parametrize(
+    ("gates", "failing"),
+    [
+        (
+            ["gates.min_sensitivity=0", "gates.max_auc_drop=-1", "gates.max_batch_auc_drop=1"],
+            ["max_auc_drop"],
+        ),
+        (
+            ["gates.min_sensitivity=0", "gates.max_auc_drop=1", "gates.max_batch_auc_drop=-1"],
+            [f"batch_auc:{RELEASE_BATCH_ID}"],
+        ),
+    ],
+    ids=["auc-drop", "batch-auc-drop"],
+)
+def test_relative_gate_blocks_promotion(setup, gates, failing):
+    """A margin of -1 asks the candidate to beat the champion by a whole AUC point."""
+    name = f"review-{failing[0].split(':')[0]}"
+    cfg = setup.register(name, gates)
+    registry = setup.registry(cfg)
+    registry.promote("1", reviewer="carol", reason="first model", override=True)
+
+    report, markdown = setup.compare(cfg, "2")
+
+    assert [gate.name for gate in report.gates if not gate.passed] == failing
+    assert f"- FAIL `{failing[0]}`" in markdown
+    assert "AUC change" in next(g.detail for g in report.gates if g.name == failing[0])
+    assert registry.challenger() is None
+    with pytest.raises(ReviewError, match="its gates are failed"):
+        registry.promote("2", reviewer="alice", reason="gate failed")
+
+
+def test_stale_comparison_needs_override(setup):
+    name = "review-stale"
+    cfg = setup.register(name)
+    registry = setup.registry(cfg)
+    registry.promote("1", reviewer="carol", reason="first model", override=True)
+    setup.compare(cfg, "2")
+    registry.promote("3", reviewer="carol", reason="another champion", override=True)
+
+    with pytest.raises(ReviewError) as raised:
+        registry.promote("2", reviewer="alice", reason="compared long ago")
+
+    assert "compared with version 1, but the champion is 3" in str(raised.value)
+    assert registry.champion() == "3"
+
+
+def test_compare_with_other_version_not_proposed(setup):
+    name = "review-other"
+    cfg = setup.register(name)
+    registry = setup.registry(cfg)
+    registry.promote("1", reviewer="carol", reason="first model", override=True)
+
+    report, _ = setup.compare(cfg, "2", "3")
+
+    assert report.champion == "3"
+    assert report.gates_passed
+    assert registry.challenger() is None
+    with pytest.raises(ReviewError, match="compared with version 3, but the champion is 1"):
+        registry.promote("2", reviewer="alice", reason="compared with 3")
+
+
 # --- Rollback ------------------------------------------------------------------------------------
 
 
@@ -426,6 +531,7 @@ def test_rollback_restores_previous(setup):
     assert event.reason == "v2 misses cases"
     assert event.details == {"replaced": "2"}
     assert registry.client.get_model_version(name, "2").tags["superseded_by"] == "1"
+    assert "superseded_by" not in registry.client.get_model_version(name, "1").tags
     assert [e.action for e in registry.audit.events(name)] == ["promote", "promote", "rollback"]
 
 

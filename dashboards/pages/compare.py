@@ -45,13 +45,15 @@ def show_report(report: dict) -> None:
         mark = ":green[PASS]" if gate["passed"] else ":red[FAIL]"
         st.markdown(f"- {mark} `{gate['name']}`: {gate['detail']}")
 
-    st.header("Per batch and per negative subtype")
+    st.header("Per batch, source and negative subtype")
     st.caption(
-        "Rows where the candidate's AUC or accuracy is below the champion's are highlighted."
+        "Each cell gives the value and its 95% bootstrap interval over patients. Rows where the "
+        "candidate's AUC or accuracy is below the champion's are highlighted."
     )
     for title, rows in (
         ("Per batch", report["per_batch"]),
-        ("Per negative subtype", report["per_source"]),
+        ("Per source (sources under 10 test images together)", report["per_source"]),
+        ("COVID against each negative subtype", report.get("per_subtype", [])),
     ):
         st.subheader(title)
         st.dataframe(highlight_regressions(data.slice_frame(rows)), hide_index=True)

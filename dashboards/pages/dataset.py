@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboards import data, ui
+from dashboards import cached, data, ui
 from ladnn.data.lesions import LESION_NAMES, LESIONS
 
 GALLERY_COLUMNS = 6
@@ -36,7 +36,14 @@ else:
     row = validation[validation["validation id"] == chosen].iloc[0]
     st.code(row["summary"], language=None)
     if row["Data Docs"]:
-        st.write(f"Data Docs: open `{row['Data Docs']}` in a browser on this machine.")
+        st.download_button(
+            "Download the Data Docs (zip)",
+            data=cached.data_docs_zip(row["Data Docs"]),
+            file_name=f"{chosen}-data-docs.zip",
+            mime="application/zip",
+            help="Unzip it and open index.html in a browser.",
+        )
+        st.caption(f"On this machine: `{row['Data Docs']}`")
 
 st.header("Quarantine")
 quarantine = data.quarantine_frame(current.workspace)

@@ -124,6 +124,18 @@ def main(
         _fail(str(err))
 
 
+def _print_table(table) -> None:
+    """Print `table` whole: a terminal wraps it to its width, but piped output would otherwise be
+    cut at Rich's default of 80 columns."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    console.print(table, width=max(natural, console.width))
+
+
 def _fail(message: str) -> None:
     # Escaped, because file names and values in messages may contain "[...]".
     console.print(f"[red]error:[/red] {escape(message)}")
@@ -382,7 +394,7 @@ def data_versions(ctx: typer.Context) -> None:
             str(counts["split_test"]),
             version.md5[:12],
         )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -485,7 +497,7 @@ def models(ctx: typer.Context) -> None:
                 "%Y-%m-%d %H:%M"
             ),
         )
-    console.print(table)
+    _print_table(table)
 
 
 def _flow_arguments(state: Context) -> dict:
@@ -803,7 +815,7 @@ def audit(ctx: typer.Context) -> None:
             event.reason,
             event.comparison or "-",
         )
-    console.print(table)
+    _print_table(table)
 
 
 @config_app.command("show")
@@ -923,7 +935,7 @@ def evaluate(
     for key, value in metrics.items():
         if key.startswith("lesion_"):
             table.add_row(f"{key.removeprefix('lesion_').removesuffix('_auc')} AUC", _number(value))
-    console.print(table)
+    _print_table(table)
 
     console.print("Metrics per slice (AUC is n/a for a slice with one class):")
     console.print(
@@ -1052,8 +1064,10 @@ def validate(
         typer.Option(help="Maximum fraction (0-1) of rejected rows before the whole batch fails."),
     ] = 0.5,
 ) -> None:
-    """Run the data-validation gate on a batch without importing it; print the verdict, the
-    rejected files with their reasons, the warnings and where the Data Docs are.
+    """Run the data-validation gate on a batch without importing it.
+
+    Prints the verdict, the rejected files with their reasons, the warnings and where the Data
+    Docs are.
 
     Exits with code 1 when a batch-level check fails, so the batch would not be imported.
     """

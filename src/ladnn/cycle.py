@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,11 +99,14 @@ def register_run(cfg: LadnnCfg, workspace: Workspace, run: TrainingRun) -> str:
         "threshold": f"{run.threshold:.6f}",
         "test_auc": _metric_tag(test["auc"]),
         "test_auc_ci": f"[{_metric_tag(test['auc_ci_low'])}, {_metric_tag(test['auc_ci_high'])}]",
-        "test_sensitivity": _metric_tag(test["sensitivity"]),
-        "test_specificity": _metric_tag(test["specificity"]),
-        "test_f1": _metric_tag(test["f1"]),
-        "test_accuracy": _metric_tag(test["accuracy"]),
     }
+    for name in ("sensitivity", "specificity", "precision", "f1", "accuracy"):
+        tags[f"test_{name}"] = _metric_tag(test[name])
+        # Runs evaluated before every metric had an interval carry the AUC's alone.
+        if f"{name}_ci_low" in test:
+            tags[f"test_{name}_ci"] = (
+                f"[{_metric_tag(test[f'{name}_ci_low'])}, {_metric_tag(test[f'{name}_ci_high'])}]"
+            )
     version = register_candidate(
         run.model_uri,
         cfg.tracking.registered_model,
@@ -168,8 +173,17 @@ def format_summary(summary: CycleSummary) -> str:
         f"(review state: pending), MLflow run {summary.run_id}",
         *_review_lines(summary),
         "Next:",
-        f"  mlflow ui --backend-store-uri {summary.tracking_uri}",
-        "  ladnn models          # list registered versions",
-        "  ladnn data versions   # list dataset versions",
+        f"  {_program('mlflow')} ui --backend-store-uri {summary.tracking_uri}",
+        f"  {_program('ladnn')} models          # list registered versions",
+        f"  {_program('ladnn')} data versions   # list dataset versions",
     ]
     return "\n".join(lines)
+
+
+def _program(name: str) -> str:
+    """`name` when the shell finds this environment's program by it, else the program's path."""
+    installed = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found is not None and Path(found).resolve() == installed.resolve():
+        return name
+    return str(installed)

@@ -86,9 +86,13 @@ class ImportReport:
         return bool(self.added)
 
     def summary(self) -> str:
+        """Count each file once: a duplicate that the gate rejected (one of another patient or
+        split) counts as rejected."""
+        rejected = {name for name, _ in self.rejected}
+        kept = [name for name, _ in self.duplicates if name not in rejected]
         return (
             f"batch {self.batch_id}: {len(self.added)} added, {len(self.already_present)} already "
-            f"present, {len(self.duplicates)} duplicate(s), {len(self.rejected)} rejected"
+            f"present, {len(kept)} duplicate(s), {len(self.rejected)} rejected"
         )
 
 
@@ -226,9 +230,7 @@ def decode_batch(
             else:
                 same_owner = (match["patient_id"], match["split"]) == (item.patient_id, split)
                 outcome = "duplicate" if same_owner else "conflicting_duplicate"
-                # The gate rejects a conflicting duplicate, so it is reported once, as rejected.
-                if same_owner:
-                    report.duplicates.append((item.file_name, match["file_name"]))
+                report.duplicates.append((item.file_name, match["file_name"]))
         elif image_id in batch_names:
             outcome = "duplicate"
             report.duplicates.append((item.file_name, batch_names[image_id]))

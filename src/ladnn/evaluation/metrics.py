@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
@@ -16,7 +16,12 @@ __all__ = [
     "choose_threshold",
     "bootstrap_ci",
     "auc_with_ci",
+    "threshold_metric_intervals",
+    "patient_resamples",
 ]
+
+# Metrics of a frozen threshold that `threshold_metric_intervals` gives intervals for.
+THRESHOLD_METRICS = ("sensitivity", "specificity", "precision", "f1", "accuracy")
 
 
 def _as_arrays(y_true: Sequence, y_score: Sequence) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +110,24 @@ def sensitivity_at_specificity(y_true: Sequence, y_score: Sequence, specificity:
     return float(tpr[allowed].max()) if allowed.any() else 0.0
 
 
+def patient_resamples(
+    n_rows: int, groups: Sequence | None, n_resamples: int, seed: int
+) -> Iterator[np.ndarray]:
+    """Yield the row indices of `n_resamples` bootstrap samples, each drawing as many groups
+    (patients) as there are, with replacement, and taking all rows of each; no groups means one
+    row per group."""
+    group_ids = np.asarray(groups) if groups is not None else np.arange(n_rows)
+    if group_ids.shape != (n_rows,):
+        raise ValueError(
+            f"groups of shape {group_ids.shape} must have one entry per row ({n_rows})"
+        )
+    unique, inverse = np.unique(group_ids, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+
+
 def bootstrap_ci(
     statistic,
     y_true: Sequence,
@@ -120,18 +143,10 @@ def bootstrap_ci(
     Resamples in which the statistic is undefined (NaN, e.g. a single class) are skipped.
     """
     y, p = _as_arrays(y_true, y_score)
-    group_ids = np.asarray(groups) if groups is not None else np.arange(len(y))
-    if group_ids.shape != y.shape:
-        raise ValueError(f"groups of shape {group_ids.shape} must match labels of shape {y.shape}")
-    unique, inverse = np.unique(group_ids, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    rng = np.random.default_rng(seed)
     values = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for _ in range(n_resamples):
-            chosen = rng.integers(0, len(unique), len(unique))
-            index = np.concatenate([members[g] for g in chosen])
+        for index in patient_resamples(len(y), groups, n_resamples, seed):
             value = statistic(y[index], p[index])
             if not math.isnan(value):
                 values.append(value)
@@ -158,3 +173,47 @@ def auc_with_ci(
 
     low, high = bootstrap_ci(statistic, y_true, y_score, groups, n_resamples=n_resamples, seed=seed)
     return auc, low, high
+
+
+def threshold_metric_intervals(
+    y_true: Sequence,
+    y_score: Sequence,
+    threshold: float,
+    groups: Sequence | None = None,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of each `threshold_metrics` rate, resampling whole groups (patients).
+
+    One pass over the resamples serves all five metrics; with the same `seed` each interval equals
+    `bootstrap_ci` of that metric alone. A metric undefined in a resample (no positives, say) is
+    left out of that resample.
+    """
+    y, p = _as_arrays(y_true, y_score)
+    positive, called = y == 1, p >= threshold
+    samples: dict[str, list[float]] = {name: [] for name in THRESHOLD_METRICS}
+    for index in patient_resamples(len(y), groups, n_resamples, seed):
+        truth, call = positive[index], called[index]
+        tp = int(np.sum(truth & call))
+        fp = int(np.sum(~truth & call))
+        fn = int(np.sum(truth & ~call))
+        tn = len(index) - tp - fp - fn
+        values = {
+            "sensitivity": _ratio(tp, tp + fn),
+            "specificity": _ratio(tn, tn + fp),
+            "precision": _ratio(tp, tp + fp),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "accuracy": _ratio(tp + tn, len(index)),
+        }
+        for name, value in values.items():
+            if not math.isnan(value):
+                samples[name].append(value)
+    alpha = (1 - confidence) / 2
+    return {
+        name: tuple(float(v) for v in np.quantile(values, [alpha, 1 - alpha]))
+        if values
+        else (math.nan, math.nan)
+        for name, values in samples.items()
+    }

@@ -15,6 +15,7 @@ from ladnn.evaluation.metrics import (
     auc_with_ci,
     roc_auc,
     sensitivity_at_specificity,
+    threshold_metric_intervals,
     threshold_metrics,
 )
 
@@ -48,7 +49,7 @@ def evaluate_probabilities(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> EvaluationResult:
-    """Compute AUC with a patient-bootstrap 95% interval, the threshold metrics and the ECE.
+    """Compute AUC and the threshold metrics with patient-bootstrap 95% intervals, and the ECE.
 
     `probabilities` has the COVID probability in column 0 and, for LA-DNN, the five lesion
     probabilities after it; lesion AUCs use only the rows whose lesion label is known.
@@ -59,6 +60,12 @@ def evaluate_probabilities(
     auc, low, high = auc_with_ci(y, p, patients, n_resamples=n_resamples, seed=seed)
     metrics = {"auc": auc, "auc_ci_low": low, "auc_ci_high": high}
     metrics.update(threshold_metrics(y, p, threshold))
+    intervals = threshold_metric_intervals(
+        y, p, threshold, patients, n_resamples=n_resamples, seed=seed
+    )
+    for name, (low, high) in intervals.items():
+        metrics[f"{name}_ci_low"] = low
+        metrics[f"{name}_ci_high"] = high
     metrics["sensitivity_at_90_specificity"] = sensitivity_at_specificity(y, p, 0.90)
     metrics["sensitivity_at_95_specificity"] = sensitivity_at_specificity(y, p, 0.95)
     metrics["ece"] = expected_calibration_error(y, p)

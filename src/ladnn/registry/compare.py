@@ -22,14 +22,30 @@ from sklearn.metrics import roc_auc_score
 from ladnn.config import GatesCfg
 from ladnn.data.store import DatasetStore
 from ladnn.evaluation.delong import delong_test
-from ladnn.evaluation.metrics import auc_with_ci, roc_auc, threshold_metrics
+from ladnn.evaluation.metrics import (
+    auc_with_ci,
+    patient_resamples,
+    roc_auc,
+    threshold_metrics,
+)
 from ladnn.registry.loading import LoadedVersion, score_frame
 
-__all__ = ["GateResult", "ComparisonReport", "compare_loaded", "apply_gates", "render_markdown"]
+__all__ = [
+    "GateResult",
+    "ComparisonReport",
+    "compare_loaded",
+    "apply_gates",
+    "render_markdown",
+    "slice_table",
+]
 
 logger = logging.getLogger(__name__)
 
 _METRICS = ("auc", "sensitivity", "specificity", "precision", "f1", "accuracy")
+# Metrics of each slice of the test images (per batch, source and negative subtype).
+_SLICE_METRICS = ("auc", "sensitivity", "specificity", "accuracy")
+# Sources with fewer test images share one slice.
+MIN_SOURCE_IMAGES = 10
 
 
 @dataclass
@@ -51,6 +67,8 @@ class ComparisonReport:
     delong: dict[str, float] | None = None
     per_batch: list[dict] = field(default_factory=list)
     per_source: list[dict] = field(default_factory=list)
+    # All COVID images against the negatives of one subtype per row.
+    per_subtype: list[dict] = field(default_factory=list)
     gates: list[GateResult] = field(default_factory=list)
 
     @property
@@ -75,36 +93,85 @@ def _metric_values(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
     return {name: values[name] for name in _METRICS}
 
 
-def _paired_bootstrap(
+def _bootstrap(
     y: np.ndarray,
-    p_candidate: np.ndarray,
-    p_champion: np.ndarray,
-    thresholds: tuple[float, float],
+    probabilities: dict[str, np.ndarray],
+    thresholds: dict[str, float],
     groups: np.ndarray,
     n_resamples: int,
     seed: int,
-) -> dict[str, tuple[float, float]]:
-    """95% intervals of candidate-minus-champion differences, resampling whole patients."""
-    unique, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {name: [] for name in _METRICS}
-    for _ in range(n_resamples):
-        index = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """95% intervals of each model's metrics and, with two models, of the candidate-minus-champion
+    differences, from one bootstrap over whole patients (keys: the roles and "difference")."""
+    keys = [*probabilities, *(["difference"] if len(probabilities) == 2 else [])]
+    samples: dict[str, dict[str, list[float]]] = {
+        key: {name: [] for name in _METRICS} for key in keys
+    }
+    for index in patient_resamples(len(y), groups, n_resamples, seed):
         if len(np.unique(y[index])) < 2:
             continue
-        first = _metric_values(y[index], p_candidate[index], thresholds[0])
-        second = _metric_values(y[index], p_champion[index], thresholds[1])
-        for name in _METRICS:
-            difference = first[name] - second[name]
-            if not math.isnan(difference):
-                samples[name].append(difference)
+        values = {
+            role: _metric_values(y[index], p[index], thresholds[role])
+            for role, p in probabilities.items()
+        }
+        if "difference" in samples:
+            values["difference"] = {
+                name: values["candidate"][name] - values["champion"][name] for name in _METRICS
+            }
+        for key, metrics in values.items():
+            for name, value in metrics.items():
+                if not math.isnan(value):
+                    samples[key][name].append(value)
     return {
-        name: tuple(np.quantile(values, [0.025, 0.975]).tolist())
-        if values
-        else (math.nan, math.nan)
-        for name, values in samples.items()
+        key: {
+            name: tuple(np.quantile(values, [0.025, 0.975]).tolist())
+            if values
+            else (math.nan, math.nan)
+            for name, values in by_metric.items()
+        }
+        for key, by_metric in samples.items()
     }
+
+
+def _slice_row(
+    part: pd.DataFrame,
+    probabilities: dict[str, np.ndarray],
+    thresholds: dict[str, float],
+    n_resamples: int,
+    seed: int,
+) -> dict:
+    """Metrics of one slice for each model with 95% intervals, the paired differences and, when
+    the slice has both classes, DeLong's p-value for the AUCs."""
+    index = part.index.to_numpy()
+    y = part["label"].to_numpy(dtype=int)
+    scores = {role: p[index] for role, p in probabilities.items()}
+    row: dict = {"n": len(part), "positives": int(y.sum())}
+    both_classes = len(np.unique(y)) == 2
+    intervals = _bootstrap(
+        y, scores, thresholds, part["patient_id"].astype(str).to_numpy(), n_resamples, seed
+    )
+    values = {}
+    for role, p in scores.items():
+        metrics = threshold_metrics(y, p, thresholds[role])
+        metrics["auc"] = float(roc_auc_score(y, p)) if both_classes else math.nan
+        values[role] = metrics
+        for name in _SLICE_METRICS:
+            low, high = intervals[role][name] if both_classes else (math.nan, math.nan)
+            row[f"{role}_{name}"] = metrics[name]
+            row[f"{role}_{name}_ci_low"] = low
+            row[f"{role}_{name}_ci_high"] = high
+    if "champion" in scores:
+        for name in _SLICE_METRICS:
+            low, high = intervals["difference"][name] if both_classes else (math.nan, math.nan)
+            row[f"{name}_difference"] = values["candidate"][name] - values["champion"][name]
+            row[f"{name}_difference_ci_low"] = low
+            row[f"{name}_difference_ci_high"] = high
+        row["delong_p"] = (
+            delong_test(y, scores["candidate"], scores["champion"]).p_value
+            if both_classes
+            else math.nan
+        )
+    return row
 
 
 def _slice_rows(
@@ -112,27 +179,29 @@ def _slice_rows(
     column: str,
     probabilities: dict[str, np.ndarray],
     thresholds: dict[str, float],
+    n_resamples: int,
+    seed: int,
+    *,
+    negatives_only: bool = False,
+    min_images: int = 0,
 ) -> list[dict]:
+    """One row per value of `column`; values with fewer than `min_images` images share one row,
+    "other". With `negatives_only`, the column sorts the negatives and each slice holds all
+    positives with the negatives of one value, as in "COVID against nodule"."""
+    sorted_rows = frame[frame["label"] == 0] if negatives_only else frame
+    values = sorted_rows[column].astype("string").fillna("unknown")
+    counts = values.value_counts()
+    small = set(counts[counts < min_images].index)
+    names = values.where(~values.isin(small), "other")
     rows = []
-    for value, part in frame.groupby(column, dropna=False):
-        index = part.index.to_numpy()
-        y = part["label"].to_numpy(dtype=int)
-        row = {
-            column: "unknown" if pd.isna(value) else str(value),
-            "n": len(part),
-            "positives": int(y.sum()),
-        }
-        for role, p in probabilities.items():
-            metrics = threshold_metrics(y, p[index], thresholds[role])
-            row[f"{role}_auc"] = (
-                float(roc_auc_score(y, p[index])) if len(np.unique(y)) == 2 else math.nan
-            )
-            row[f"{role}_sensitivity"] = metrics["sensitivity"]
-            row[f"{role}_specificity"] = metrics["specificity"]
-            row[f"{role}_accuracy"] = metrics["accuracy"]
-        if "champion" in probabilities:
-            row["auc_difference"] = row["candidate_auc"] - row["champion_auc"]
-            row["accuracy_difference"] = row["candidate_accuracy"] - row["champion_accuracy"]
+    for name in pd.unique(names):
+        members = names.index[names == name]
+        if negatives_only:
+            members = frame.index[frame["label"] == 1].union(members)
+        row = {column: name}
+        if name == "other":
+            row[column] = f"other ({len(small)} values under {min_images} images)"
+        row |= _slice_row(frame.loc[members], probabilities, thresholds, n_resamples, seed)
         rows.append(row)
     return rows
 
@@ -200,30 +269,23 @@ def compare_loaded(
         n_images=len(frame),
         n_patients=len(np.unique(groups)),
     )
+    intervals = _bootstrap(y, probabilities, thresholds, groups, n_resamples, seed)
     for role, p in probabilities.items():
         values = _metric_values(y, p, thresholds[role])
-        auc, low, high = auc_with_ci(y, p, groups, n_resamples=n_resamples, seed=seed)
-        report.metrics[role] = values | {
-            "auc_ci_low": low,
-            "auc_ci_high": high,
-            "threshold": thresholds[role],
-        }
+        # The AUC interval is computed as in every evaluation report, so the two agree.
+        _, auc_low, auc_high = auc_with_ci(y, p, groups, n_resamples=n_resamples, seed=seed)
+        report.metrics[role] = values | {"threshold": thresholds[role]}
+        for name in _METRICS:
+            low, high = (auc_low, auc_high) if name == "auc" else intervals[role][name]
+            report.metrics[role][f"{name}_ci_low"] = low
+            report.metrics[role][f"{name}_ci_high"] = high
 
     if champion is not None:
-        intervals = _paired_bootstrap(
-            y,
-            probabilities["candidate"],
-            probabilities["champion"],
-            (thresholds["candidate"], thresholds["champion"]),
-            groups,
-            n_resamples,
-            seed,
-        )
         for name in _METRICS:
             report.differences[name] = {
                 "difference": report.metrics["candidate"][name] - report.metrics["champion"][name],
-                "ci_low": intervals[name][0],
-                "ci_high": intervals[name][1],
+                "ci_low": intervals["difference"][name][0],
+                "ci_high": intervals["difference"][name][1],
             }
         result = delong_test(y, probabilities["candidate"], probabilities["champion"])
         report.delong = {
@@ -232,8 +294,10 @@ def compare_loaded(
             "standard_error": result.standard_error,
         }
 
-    report.per_batch = _slice_rows(frame, "batch_id", probabilities, thresholds)
-    report.per_source = _slice_rows(frame, "negative_subtype", probabilities, thresholds)
+    slices = (probabilities, thresholds, n_resamples, seed)
+    report.per_batch = _slice_rows(frame, "batch_id", *slices)
+    report.per_source = _slice_rows(frame, "source", *slices, min_images=MIN_SOURCE_IMAGES)
+    report.per_subtype = _slice_rows(frame, "negative_subtype", *slices, negatives_only=True)
     report.gates = apply_gates(report, gates)
     return report
 
@@ -248,6 +312,38 @@ def _format(value: float) -> str:
 
 def _signed(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:+.3f}"
+
+
+def _with_interval(row: dict, key: str) -> str:
+    """Format `row[key]` with its 95% interval, when the row has one."""
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:+.3f}" if key.endswith("_difference") else f"{value:.3f}"
+    low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return text
+    return f"{text} ({low:.3f} to {high:.3f})"
+
+
+def slice_table(rows: list[dict]) -> pd.DataFrame:
+    """Format the rows of one slice list (per batch, source or subtype) for reading: each metric
+    with its 95% interval, the paired differences and DeLong's p-value."""
+    table = []
+    for row in rows:
+        column = next(iter(row))
+        item = {column: row[column], "images": row["n"], "COVID": row["positives"]}
+        for role in ("candidate", "champion"):
+            for name in _SLICE_METRICS:
+                if f"{role}_{name}" in row:
+                    item[f"{role} {name}"] = _with_interval(row, f"{role}_{name}")
+        for name in ("auc", "accuracy"):
+            if f"{name}_difference" in row:
+                item[f"{name} difference"] = _with_interval(row, f"{name}_difference")
+        if "delong_p" in row:
+            item["DeLong p"] = _format(row["delong_p"])
+        table.append(item)
+    return pd.DataFrame(table)
 
 
 def render_markdown(report: ComparisonReport) -> str:
@@ -267,18 +363,12 @@ def render_markdown(report: ComparisonReport) -> str:
     )
     lines += [header, "|---|---|---|---|" if champion else "|---|---|"]
     for name in _METRICS:
-        cand = report.metrics["candidate"]
-        cell = _format(cand[name])
-        if name == "auc":
-            cell += f" ({_format(cand['auc_ci_low'])}-{_format(cand['auc_ci_high'])})"
+        cell = _with_interval(report.metrics["candidate"], name)
         if champion:
-            champ = report.metrics["champion"]
-            champ_cell = _format(champ[name])
-            if name == "auc":
-                champ_cell += f" ({_format(champ['auc_ci_low'])}-{_format(champ['auc_ci_high'])})"
+            champion_cell = _with_interval(report.metrics["champion"], name)
             diff = report.differences[name]
             lines.append(
-                f"| {name} | {cell} | {champ_cell} | {_signed(diff['difference'])} "
+                f"| {name} | {cell} | {champion_cell} | {_signed(diff['difference'])} "
                 f"({_format(diff['ci_low'])} to {_format(diff['ci_high'])}) |"
             )
         else:
@@ -288,18 +378,12 @@ def render_markdown(report: ComparisonReport) -> str:
             "",
             f"DeLong test for the AUCs: z = {report.delong['z']:.2f}, p = {report.delong['p_value']:.4f}",
         ]
-    lines += [
-        "",
-        "## Per batch",
-        "",
-        pd.DataFrame(report.per_batch).round(3).to_markdown(index=False),
-    ]
-    lines += [
-        "",
-        "## Per negative subtype",
-        "",
-        pd.DataFrame(report.per_source).round(3).to_markdown(index=False),
-    ]
+    for title, rows in (
+        ("Per batch", report.per_batch),
+        ("Per source (sources under 10 test images together)", report.per_source),
+        ("COVID against each negative subtype", report.per_subtype),
+    ):
+        lines += ["", f"## {title}", "", slice_table(rows).to_markdown(index=False)]
     lines += ["", "## Gates", ""]
     for gate in report.gates:
         lines.append(f"- {'PASS' if gate.passed else 'FAIL'} `{gate.name}`: {gate.detail}")

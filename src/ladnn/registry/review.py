@@ -111,6 +111,12 @@ class Registry:
         self.client.set_registered_model_alias(self.name, CHAMPION, target)
         self.client.set_model_version_tag(self.name, target, "review_state", "approved")
         self.client.set_model_version_tag(self.name, target, "champion_since", now)
+        # A version that is champion again after a rollback or a new promotion is no longer
+        # superseded.
+        target_tags = self.client.get_model_version(self.name, target).tags
+        for tag in ("superseded_by", "superseded_at"):
+            if tag in target_tags:
+                self.client.delete_model_version_tag(self.name, target, tag)
         if previous is not None and previous != target:
             self.client.set_model_version_tag(self.name, previous, "superseded_by", target)
             self.client.set_model_version_tag(self.name, previous, "superseded_at", now)
@@ -125,8 +131,8 @@ class Registry:
     ) -> AuditEvent:
         """Make `version` the champion after a reviewer's approval.
 
-        A version whose gates failed, that has no comparison, or that was rejected needs
-        `override=True`, which the audit record keeps.
+        A version whose gates failed, that has no comparison, whose comparison is not against the
+        current champion, or that was rejected needs `override=True`, which the audit record keeps.
         """
         _require_reviewer(reviewer, reason)
         self.reconcile()
@@ -141,6 +147,14 @@ class Registry:
         if tags.get("gate_state") != "passed":
             problems.append(
                 f"its gates are {tags.get('gate_state', 'not evaluated (run ladnn compare)')}"
+            )
+        compared_with = tags.get("compared_with")
+        current = self.champion() or "none"
+        if compared_with is not None and compared_with != current:
+            now = "there is no champion now" if current == "none" else f"the champion is {current}"
+            problems.append(
+                f"it was compared with {_version_text(compared_with)}, but {now} "
+                f"(run `ladnn compare {version}` again)"
             )
         if tags.get("review_state") == "rejected":
             problems.append("it was rejected")
@@ -222,6 +236,10 @@ class Registry:
                 return first.from_version
             return None
         return history[-2]
+
+
+def _version_text(version: str) -> str:
+    return "no champion" if version == "none" else f"version {version}"
 
 
 def _require_reviewer(reviewer: str, reason: str) -> None:

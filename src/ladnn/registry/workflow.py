@@ -65,9 +65,13 @@ def compare_versions(
 ) -> tuple[ComparisonReport, str]:
     """Compare `candidate` with `champion` (default: the current champion), store the report as an
     artifact of the candidate's run, tag the candidate with its gate state, and mark it challenger
-    when its gates pass and `propose` is set. Return the report and its Markdown."""
+    when its gates pass against the current champion and `propose` is set. Return the report and
+    its Markdown."""
     registry = open_registry(cfg, workspace)
-    champion = champion or registry.champion()
+    current = registry.champion()
+    if champion is not None and str(champion) == str(candidate):
+        raise ReviewError(f"cannot compare version {candidate} with itself")
+    champion = champion or current
     if champion == str(candidate):
         raise ReviewError(f"version {candidate} is the champion; compare another version with it")
     client = registry.client
@@ -105,7 +109,8 @@ def compare_versions(
     client.set_model_version_tag(registry.name, str(candidate), "gate_state", state)
     client.set_model_version_tag(registry.name, str(candidate), "comparison_uri", uri)
     client.set_model_version_tag(registry.name, str(candidate), "compared_with", champion or "none")
-    if propose and report.gates_passed:
+    # Only a comparison with the current champion can make a version the challenger.
+    if propose and report.gates_passed and champion == current:
         registry.propose(str(candidate))
     logger.info("compared v%s with %s: gates %s", candidate, champion or "no champion", state)
     return report, markdown

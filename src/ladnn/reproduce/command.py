@@ -56,8 +56,10 @@ def reproduce(
         ),
     ] = 1,
 ) -> None:
-    """Train each backbone as baseline and LA-DNN (one MLflow parent run, a child run per pair)
-    and print the backbone table in the layout of Table 2 of Liu et al. 2020 (a Prefect flow)."""
+    """Train each backbone as baseline and LA-DNN and print the paper's backbone table.
+
+    One MLflow parent run holds a child run per (backbone, variant); the table has the layout of
+    Table 2 of Liu et al. 2020. Runs as a Prefect flow."""
     state = ctx.obj
     try:
         chosen = _parse_backbones(backbones)

@@ -1,0 +1,67 @@
+"""The dashboard's Prefect queries against Prefect's test server: recent runs, active retraining."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Completed, Running, Scheduled
+from prefect.testing.utilities import prefect_test_harness
+
+from dashboards import orchestration
+from pipelines.serve import build_deployments
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The test server with the served deployments, some runs, and its URL for the dashboard."""
+    with prefect_test_harness(server_startup_timeout=120):
+        workspace = str(tmp_path_factory.mktemp("dashboard-prefect") / "workspace")
+        for deployment in build_deployments(workspace):
+            deployment.apply()
+        runs = {}
+        with get_client(sync_client=True) as client:
+            for name, deployment, state in (
+                ("done", "retrain/retrain", Completed()),
+                ("training", "retrain/retrain", Running()),
+                (
+                    "later",
+                    "ingest-inbox/inbox",
+                    Scheduled(scheduled_time=datetime.now(UTC) + timedelta(hours=1)),
+                ),
+                ("inbox-done", "ingest-inbox/inbox", Completed()),
+            ):
+                deployment_id = client.read_deployment_by_name(deployment).id
+                if state.is_scheduled():
+                    # Created in its state, as a schedule creates runs: that sets the start time.
+                    run = client.create_flow_run_from_deployment(
+                        deployment_id, name=name, state=state
+                    )
+                else:
+                    run = client.create_flow_run_from_deployment(deployment_id, name=name)
+                    client.set_flow_run_state(run.id, state, force=True)
+                runs[name] = str(run.id)
+        yield PREFECT_API_URL.value(), runs
+
+
+def test_recent_runs_leave_out_future_schedules(server, monkeypatch):
+    url, runs = server
+    monkeypatch.setenv("PREFECT_API_URL", url)
+
+    listed = orchestration.recent_flow_runs()
+
+    assert set(listed["flow run"]) == {"done", "training", "inbox-done"}
+    assert set(listed["flow"]) == {"retrain", "ingest-inbox"}
+    assert dict(zip(listed["flow run"], listed["state"], strict=True))["training"] == "Running"
+
+
+def test_active_retrain_runs(server, monkeypatch):
+    url, runs = server
+    monkeypatch.setenv("PREFECT_API_URL", url)
+
+    active = orchestration.active_retrain_runs()
+
+    assert [(run.name, run.state) for run in active] == [("training", "Running")]
+    assert active[0].flow_run_id == runs["training"]
