@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 import pytest
@@ -73,6 +75,8 @@ def test_cycle_logs_run_with_dataset(two_cycles):
         assert name in run.data.metrics, name
     config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{first.run_id}/config.yaml"))
     assert config["train"]["epochs"] == 1
+    # The dataset folder the run read, written out even where the setting was left empty.
+    assert (Path(config["data"]["root"]) / "data" / "metadata.csv").is_file()
 
 
 @pytest.mark.slow

@@ -180,6 +180,8 @@ def run_training(
         atomic_write_bytes(run_file, json.dumps({"run_id": run.info.run_id}).encode())
         # URL passwords and secret-named settings never reach the tracking store or the disk.
         logged_config = redact_secrets(config_to_dict(cfg))
+        # The saved settings name the dataset folder this run read, even when it was the default.
+        logged_config["data"]["root"] = str(store.root.resolve())
         if previous_run is None:
             mlflow.set_tags(tags)
             mlflow.log_params(flatten_config(logged_config))
