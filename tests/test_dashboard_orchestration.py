@@ -61,7 +61,26 @@ def test_active_retrain_runs(server, monkeypatch):
     url, runs = server
     monkeypatch.setenv("PREFECT_API_URL", url)
 
-    active = orchestration.active_retrain_runs()
+    active = {run.flow_run_id: run for run in orchestration.active_retrain_runs()}
 
-    assert [(run.name, run.state) for run in active] == [("training", "Running")]
-    assert active[0].flow_run_id == runs["training"]
+    assert active[runs["training"]].state == "Running"
+    assert runs["done"] not in active
+    assert runs["later"] not in active
+    assert runs["inbox-done"] not in active
+
+
+def test_retrain_button_creates_deployment_run(server, monkeypatch):
+    """The dashboard only creates the run; the process serving the deployment trains."""
+    url, _ = server
+    monkeypatch.setenv("PREFECT_API_URL", url)
+
+    started = orchestration.start_retrain({"dataset_version": "v2"})
+    read_back = orchestration.flow_run_state(started.flow_run_id)
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(started.flow_run_id)
+        deployment = client.read_deployment(run.deployment_id)
+    assert deployment.name == "retrain"
+    assert run.parameters["dataset_version"] == "v2"
+    assert read_back.state == "Scheduled"
+    assert read_back.name == started.name
