@@ -177,8 +177,23 @@ def test_reviewer_rejects_then_rolls_back(local):
 def test_compare_page_shows_report(local):
     app = open_page(sign_in("ana", PASSWORDS["ana"]), "compare")
     headers = [header.value for header in app.header]
-    assert headers[:3] == ["Metrics", "Gates", "Per batch and per negative subtype"]
+    assert headers[:3] == ["Metrics", "Gates", "Per batch, source and negative subtype"]
     assert "Grad-CAM++ on the same test images" in headers
+    subheaders = [subheader.value for subheader in app.subheader]
+    for title in (
+        "Per batch",
+        "Per source (sources under 10 test images together)",
+        "COVID against each negative subtype",
+        "Confusion matrices at each model's frozen threshold",
+        "Calibration",
+    ):
+        assert title in subheaders, subheaders
+    # The metrics table and one table per slice list.
+    assert len(app.dataframe) >= 4
+    # The ROC, precision-recall and calibration charts.
+    assert len(app.get("vega_lite_chart")) >= 3
+    # Grad-CAM++ overlays (and the input slices) of both models.
+    assert len(app.get("image")) >= 4
     assert any("DeLong" in markdown.value for markdown in app.markdown)
     assert app.selectbox[0].value == local.challenger
     gates = [markdown.value for markdown in app.markdown if "`max_auc_drop`" in markdown.value]
