@@ -174,6 +174,31 @@ def test_reviewer_rejects_then_rolls_back(local):
     assert not [b for b in app.button if b.label.startswith("Roll back")]
 
 
+def test_reviewer_rolls_back_after_confirmation(local):
+    registry = registry_of(local)
+    registry.promote(local.challenger, reviewer="rita", reason="second champion")
+    app = open_page(sign_in("rita", PASSWORDS["rita"]), "review")
+
+    app.button(key="rollback_rollback").click().run()
+    assert "Enter a reason before rolling back." in [error.value for error in app.error]
+
+    app.text_input(key="rollback_reason").input("false positives in the clinic")
+    app.button(key="rollback_rollback").click().run()
+    assert registry_of(local).champion() == local.challenger
+    app.checkbox(key="rollback_confirm_check").check().run()
+    app.button(key="rollback_confirm").click().run()
+    assert not app.exception, [item.message for item in app.exception]
+
+    registry = registry_of(local)
+    event = registry.audit.events("ladnn")[-1]
+    assert registry.champion() == local.champion
+    assert event.action == "rollback"
+    assert event.from_version == local.challenger
+    assert event.to_version == local.champion
+    assert event.reviewer == "rita"
+    assert event.reason == "false positives in the clinic"
+
+
 def test_compare_page_shows_report(local):
     app = open_page(sign_in("ana", PASSWORDS["ana"]), "compare")
     headers = [header.value for header in app.header]
