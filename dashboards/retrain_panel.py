@@ -26,6 +26,8 @@ __all__ = ["retrain_panel"]
 logger = logging.getLogger("ladnn.dashboard")
 
 _RUN_KEY = "ladnn_retrain_flow_run"
+# Seconds between reads of the started flow run's state.
+REFRESH_SECONDS = 10
 
 
 def retrain_panel(user: User) -> None:
@@ -75,12 +77,17 @@ def retrain_panel(user: User) -> None:
             st.session_state[_RUN_KEY] = state.flow_run_id
             logger.info("user %s started flow run %s", user.name, state.flow_run_id)
     flow_run_id = st.session_state.get(_RUN_KEY)
-    if flow_run_id is None:
-        return
+    if flow_run_id is not None:
+        _run_state(flow_run_id)
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def _run_state(flow_run_id: str) -> None:
+    """Show the state of the started flow run; only this part of the page reruns to refresh it."""
     try:
         state = flow_run_state(flow_run_id)
     except (PrefectUnavailable, httpx.HTTPError, ValueError) as err:
         st.warning(f"Could not read the state of flow run {flow_run_id}: {err}")
         return
     st.info(f"Flow run {state.name} ({state.flow_run_id}): {state.state}. {state.message}".strip())
-    st.button("Refresh state", key="retrain_refresh")
+    st.caption(f"Refreshed every {REFRESH_SECONDS} s.")

@@ -98,6 +98,31 @@ def test_reviewer_retrain_button_disabled_without_prefect(local):
     assert button.disabled
 
 
+def test_reviewer_starts_retraining_as_deployment_run(local, monkeypatch, tmp_path):
+    """Against Prefect's test server with the served deployments: the button creates a run of
+    `retrain/retrain`, shows its state, and then warns before a second one."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    from pipelines.serve import build_deployments
+
+    with prefect_test_harness(server_startup_timeout=120):
+        for deployment in build_deployments(str(tmp_path / "served")):
+            deployment.apply()
+        monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+        app = sign_in("rita", PASSWORDS["rita"])
+        assert not app.button(key="retrain_start").disabled
+
+        app.button(key="retrain_start").click().run()
+
+        assert not app.exception, [item.message for item in app.exception]
+        states = [info.value for info in app.info if info.value.startswith("Flow run ")]
+        assert states and "Scheduled" in states[0], [info.value for info in app.info]
+        app.run()
+        assert any("already under way" in warning.value for warning in app.warning)
+        assert app.button(key="retrain_start").disabled
+
+
 def test_analyst_has_no_action_buttons(local):
     app = sign_in("ana", PASSWORDS["ana"])
     assert action_buttons(app) == []
