@@ -91,5 +91,6 @@ def diagnosis(
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def data_docs_zip(index: str) -> bytes:
-    """The zipped Data Docs of one validation result; a stored result never changes."""
+    """Return the zipped Data Docs of one validation result, cached because a stored result does
+    not change."""
     return data.data_docs_zip(index)

@@ -10,6 +10,7 @@ import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
 import pandas as pd
@@ -83,7 +84,9 @@ def recent_flow_runs(limit: int = 10) -> pd.DataFrame:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
     from prefect.client.schemas.sorting import FlowRunSort
 
-    due = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(before_=_now()))
+    due = FlowRunFilter(
+        expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC))
+    )
     with _client() as client:
         runs = client.read_flow_runs(
             flow_run_filter=due, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit
@@ -127,17 +130,11 @@ def active_retrain_runs() -> list[FlowRunState]:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished)),
-                expected_start_time=FlowRunFilterExpectedStartTime(before_=_now()),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
             ),
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
         )
     return [_state_of(run) for run in runs]
-
-
-def _now():
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 def _time(value) -> str:

@@ -59,15 +59,15 @@ def retrain_panel(user: User) -> None:
     except (PrefectUnavailable, httpx.HTTPError, ValueError) as err:
         st.warning(f"Could not read the runs of {RETRAIN_DEPLOYMENT}: {err}")
         return
-    another = True
+    allowed = True
     if active:
         listed = ", ".join(f"{run.name} ({run.state})" for run in active)
         st.warning(
             f"Retraining is already under way: {listed}. Another run would train the same "
             "settings on the same data again."
         )
-        another = st.checkbox("Start another run anyway", key="retrain_another")
-    if st.button("Start retraining", key="retrain_start", disabled=not another):
+        allowed = st.checkbox("Start another run anyway", key="retrain_another")
+    if st.button("Start retraining", key="retrain_start", disabled=not allowed):
         try:
             state = start_retrain()
         except (PrefectUnavailable, httpx.HTTPError, ValueError) as err:

@@ -5,9 +5,10 @@ Every flow run that `ladnn flows serve` starts sends a heartbeat event every
 whose machine goes away, stops sending them but stays `Running` on the server. Two things act on
 such a run:
 
-- an automation on the Prefect server marks it `Crashed` when no heartbeat, and no final state,
-  arrives within `stale_after` seconds of the last heartbeat; it works while no worker is up;
-- the serving process, when it starts and then every `interval` seconds, marks `Crashed` each
+- an automation on the Prefect server marks it `Crashed` when no heartbeat and no final state
+  arrives within `stale_after` seconds of the last heartbeat. It runs on the server, so it works
+  while no worker is up.
+- The serving process, when it starts and then every `interval` seconds, marks `Crashed` each
   `Running` run of its deployments whose last heartbeat (or start, when it sent none) is older than
   `stale_after`, then starts a new run, with the same parameters, of each crashed run of a
   deployment it restarts (`retrain` and `cycle`). The new run resumes the work: finished training
@@ -83,7 +84,7 @@ _FINAL_EVENTS = {
 
 @dataclass(frozen=True)
 class Recovery:
-    """What was done to one flow run that stopped: marked crashed, started again, or given up."""
+    """Outcome for one stopped flow run: marked crashed, started again, or given up."""
 
     deployment: str
     crashed_run: UUID
@@ -99,7 +100,8 @@ def automation_name(workspace: str) -> str:
 
 
 def crash_automation(workspace: str, deployment_ids: Iterable[UUID], stale_after: float):
-    """The automation that marks a run of these deployments Crashed once its heartbeats stop."""
+    """Build the automation that marks a run of these deployments Crashed once its heartbeats
+    stop."""
     related = [f"prefect.deployment.{deployment_id}" for deployment_id in deployment_ids]
     return Automation(
         name=automation_name(workspace),
@@ -136,10 +138,10 @@ def ensure_crash_automation(
             for existing in client.read_automations_by_name(automation.name):
                 client.delete_automation(existing.id)
         return automation.create().id
-    except Exception as err:  # noqa: BLE001 - a server without automations answers in many ways
+    except Exception as err:  # noqa: BLE001 - a server without automations fails in many ways
         logger.warning(
-            "the Prefect server refused the automation that marks silent flow runs Crashed (%s); "
-            "`ladnn flows serve` still marks them when it checks",
+            "creating the automation that marks silent flow runs Crashed failed (%s), so only "
+            "`ladnn flows serve` marks them, when it checks",
             err,
         )
         return None

@@ -154,8 +154,9 @@ def page(browser, served):
 def settle(tab) -> None:
     """Wait until the Streamlit script run that the last action started has finished.
 
-    The app's `data-test-script-state` attribute says whether a script runs. The status widget
-    would not do: `ladnn dashboard` starts Streamlit with the minimal toolbar, which never shows it.
+    The app's `data-test-script-state` attribute is "running" while a script runs. The status
+    widget cannot be used, because `ladnn dashboard` starts Streamlit with the minimal toolbar,
+    which does not show it.
     """
     tab.wait_for_timeout(800)
     running = tab.locator('[data-testid="stApp"][data-test-script-state="running"]')

@@ -1,9 +1,9 @@
 """A retraining run whose worker is killed is marked Crashed, then started again and resumed.
 
 `ladnn flows serve` runs against a Prefect server on a fresh PostgreSQL database. The test starts
-a retraining run on the real release, kills the serving process group with SIGKILL once the first
-epoch checkpoint is on disk, waits for the server's automation to mark the silent run Crashed,
-then starts `ladnn flows serve` again and waits for the run it starts in its place to finish.
+a retraining run on the real release and kills the serving process group with SIGKILL once the
+first epoch checkpoint is on disk. It waits for the server's automation to mark the silent run
+Crashed. Then it starts `ladnn flows serve` again and waits for the replacement run to finish.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ TRAINING = [
 ]
 
 
-def _wait(predicate, timeout: float, what: str, log: Path | None = None):
+def _wait(predicate, timeout: float, failure: str, log: Path | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -45,7 +45,7 @@ def _wait(predicate, timeout: float, what: str, log: Path | None = None):
             return value
         time.sleep(1)
     tail = log.read_text(errors="replace")[-4000:] if log and log.is_file() else ""
-    pytest.fail(f"{what} within {timeout:.0f} s\n{tail}")
+    pytest.fail(f"{failure} within {timeout:.0f} s\n{tail}")
 
 
 def _run_state(run_id):

@@ -1,7 +1,7 @@
 """Recovery of flow runs whose process died, against Prefect's test server.
 
-The runs here are created through the served deployments and moved to `Running` by the test, as a
-runner would; no process runs them, so they send no heartbeat unless the test emits one.
+The test creates runs through the served deployments and moves them to `Running`, as a runner
+would. No process runs them, so they send no heartbeat unless the test emits one.
 """
 
 from __future__ import annotations

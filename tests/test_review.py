@@ -453,7 +453,7 @@ def test_failed_gates_need_override(setup):
     ids=["auc-drop", "batch-auc-drop"],
 )
 def test_relative_gate_blocks_promotion(setup, gates, failing):
-    """A margin of -1 asks the candidate to beat the champion by a whole AUC point."""
+    """A margin of -1 requires the candidate to beat the champion by a whole AUC point."""
     name = f"review-{failing[0].split(':')[0]}"
     cfg = setup.register(name, gates)
     registry = setup.registry(cfg)

@@ -618,7 +618,7 @@ def flows_serve(
     """Serve the deployments (inbox schedule, retrain on new dataset versions) against the Prefect
     server at $PREFECT_API_URL; start one with `prefect server start`.
 
-    Flow runs send heartbeats; a run that stops sending them is marked Crashed, and a crashed
+    Flow runs send heartbeats. A run that stops sending them is marked Crashed, and a crashed
     retrain or cycle run is started again, resuming from its checkpoint."""
     from pipelines.recovery import HEARTBEAT_SECONDS
     from pipelines.serve import serve_flows

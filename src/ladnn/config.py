@@ -27,6 +27,7 @@ __all__ = [
     "ServersCfg",
     "PROFILES",
     "resume_identity",
+    "without_run_limits",
     "SERVERS_ENV",
     "load_config",
     "config_to_dict",
@@ -207,14 +208,23 @@ def config_to_dict(cfg: LadnnCfg) -> dict[str, Any]:
 _RUN_LIMITS = {"train": ("timeout_minutes",)}
 
 
-def resume_identity(cfg: LadnnCfg) -> dict[str, Any]:
-    """The configuration that a checkpoint must match to be resumed: all of it except the limits
-    on the run (`train.timeout_minutes`), so a run stopped by its time limit resumes with another."""
-    values = config_to_dict(cfg)
+def without_run_limits(values: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of configuration `values` without the limits on the run."""
+    values = {
+        key: dict(value) if isinstance(value, dict) else value for key, value in values.items()
+    }
     for section, names in _RUN_LIMITS.items():
         for name in names:
-            values[section].pop(name, None)
+            values.get(section, {}).pop(name, None)
     return values
+
+
+def resume_identity(cfg: LadnnCfg) -> dict[str, Any]:
+    """Return the configuration that a checkpoint must match to be resumed.
+
+    The limits on the run (`train.timeout_minutes`) are left out, so a run stopped by its time
+    limit resumes with another limit."""
+    return without_run_limits(config_to_dict(cfg))
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

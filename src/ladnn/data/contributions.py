@@ -56,13 +56,13 @@ def parse_label(value: object, where: str) -> int:
 
 
 def _read_label(value: object) -> int | str:
-    """The label 0 or 1, or the text as given when it is not one."""
+    """Return the label 0 or 1, or the text as given when it is neither."""
     text = str(value).strip()
     return _LABELS.get(text.lower(), text)
 
 
 def _read_lesion(value: object) -> int | str | None:
-    """1, 0, None for unknown (an empty cell), or the text as given when it is none of these."""
+    """Return 1, 0, None for unknown (an empty cell), or otherwise the text as given."""
     if value is None or pd.isna(value) or not str(value).strip():
         return None
     text = str(value).strip()
@@ -152,7 +152,7 @@ def _read_rows(csv_path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
 
 
 def _read_date(text: str | None) -> str | None:
-    """The ISO date of `text`, or the text as given when it is not a date."""
+    """Return the ISO date of `text`, or the text as given when it is not a date."""
     try:
         return parse_collection_date(text)
     except ValueError:

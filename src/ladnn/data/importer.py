@@ -89,10 +89,10 @@ class ImportReport:
         """Count each file once: a duplicate that the gate rejected (one of another patient or
         split) counts as rejected."""
         rejected = {name for name, _ in self.rejected}
-        kept = [name for name, _ in self.duplicates if name not in rejected]
+        duplicates = [name for name, _ in self.duplicates if name not in rejected]
         return (
             f"batch {self.batch_id}: {len(self.added)} added, {len(self.already_present)} already "
-            f"present, {len(kept)} duplicate(s), {len(self.rejected)} rejected"
+            f"present, {len(duplicates)} duplicate(s), {len(self.rejected)} rejected"
         )
 
 
@@ -113,7 +113,7 @@ NEGATIVE_SUBTYPES = ("normal", "lung cancer", "nodule", "other pneumonia")
 
 
 def metadata_problems(item: ImportItem) -> list[str]:
-    """What is wrong with the metadata of `item`: a label other than 0 or 1, an unknown lesion
+    """List the problems in the metadata of `item`: a label other than 0 or 1, an unknown lesion
     name, a lesion value other than 0 or 1, or an unknown negative subtype."""
     problems = []
     if not _is_label(item.label):

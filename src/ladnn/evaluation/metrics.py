@@ -113,9 +113,10 @@ def sensitivity_at_specificity(y_true: Sequence, y_score: Sequence, specificity:
 def patient_resamples(
     n_rows: int, groups: Sequence | None, n_resamples: int, seed: int
 ) -> Iterator[np.ndarray]:
-    """Yield the row indices of `n_resamples` bootstrap samples, each drawing as many groups
-    (patients) as there are, with replacement, and taking all rows of each; no groups means one
-    row per group."""
+    """Yield the row indices of `n_resamples` bootstrap samples.
+
+    Each sample draws as many groups (patients) as there are, with replacement, and takes all rows
+    of each. Without `groups`, each row is its own group."""
     group_ids = np.asarray(groups) if groups is not None else np.arange(n_rows)
     if group_ids.shape != (n_rows,):
         raise ValueError(

@@ -23,7 +23,6 @@ from ladnn.config import GatesCfg
 from ladnn.data.store import DatasetStore
 from ladnn.evaluation.delong import delong_test
 from ladnn.evaluation.metrics import (
-    auc_with_ci,
     patient_resamples,
     roc_auc,
     threshold_metrics,
@@ -186,7 +185,7 @@ def _slice_rows(
     min_images: int = 0,
 ) -> list[dict]:
     """One row per value of `column`; values with fewer than `min_images` images share one row,
-    "other". With `negatives_only`, the column sorts the negatives and each slice holds all
+    "other". With `negatives_only`, the column sorts the negatives and each slice contains all
     positives with the negatives of one value, as in "COVID against nodule"."""
     sorted_rows = frame[frame["label"] == 0] if negatives_only else frame
     values = sorted_rows[column].astype("string").fillna("unknown")
@@ -272,11 +271,10 @@ def compare_loaded(
     intervals = _bootstrap(y, probabilities, thresholds, groups, n_resamples, seed)
     for role, p in probabilities.items():
         values = _metric_values(y, p, thresholds[role])
-        # The AUC interval is computed as in every evaluation report, so the two agree.
-        _, auc_low, auc_high = auc_with_ci(y, p, groups, n_resamples=n_resamples, seed=seed)
         report.metrics[role] = values | {"threshold": thresholds[role]}
+        # The same patient resamples as `auc_with_ci`, so the AUC interval equals an evaluation's.
         for name in _METRICS:
-            low, high = (auc_low, auc_high) if name == "auc" else intervals[role][name]
+            low, high = intervals[role][name]
             report.metrics[role][f"{name}_ci_low"] = low
             report.metrics[role][f"{name}_ci_high"] = high
 

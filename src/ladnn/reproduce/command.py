@@ -58,8 +58,8 @@ def reproduce(
 ) -> None:
     """Train each backbone as baseline and LA-DNN and print the paper's backbone table.
 
-    One MLflow parent run holds a child run per (backbone, variant); the table has the layout of
-    Table 2 of Liu et al. 2020. Runs as a Prefect flow."""
+    One MLflow parent run contains a child run per (backbone, variant), and the table has the
+    layout of Table 2 of Liu et al. 2020. Runs as a Prefect flow."""
     state = ctx.obj
     try:
         chosen = _parse_backbones(backbones)

@@ -168,6 +168,8 @@ def run_training(
         "dataset_version": version.name,
         "dataset_md5": version.md5,
         # Every validation that admitted a batch of this dataset version, oldest first.
+        # NOTE: MLflow cuts tag values at 8000 characters, so after about 180 batches this tag
+        # would lose its newest ids; the dataset version's record keeps them all.
         "validation_result_id": validation_id or ",".join(version.validation_ids) or "none",
         "backbone": cfg.model.backbone,
         "variant": cfg.model.variant,

@@ -18,7 +18,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from ladnn.config import LadnnCfg, config_to_dict, resume_identity
+from ladnn.config import LadnnCfg, config_to_dict, resume_identity, without_run_limits
 from ladnn.data.lesions import LESIONS
 from ladnn.evaluation.metrics import roc_auc
 from ladnn.models.backbones import LoadedBackbone
@@ -340,9 +340,7 @@ def train_model(
     state, error = None, None
     if resume and checkpoint_path is not None and checkpoint_path.is_file() and is_main:
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        written = state.get("config") or {}
-        written.get("train", {}).pop("timeout_minutes", None)
-        if written != resume_identity(cfg):
+        if without_run_limits(state.get("config") or {}) != resume_identity(cfg):
             error = (
                 f"checkpoint {checkpoint_path} was written with another configuration; "
                 "resume with the same configuration or start without --resume"

@@ -72,7 +72,8 @@ METADATA_COLUMNS = (
 
 # `row` is the position of the file in the batch; `outcome` is what the importer found before
 # validation: `candidate` (new to the dataset), `undecodable`, `already_present` or `duplicate`.
-# `metadata_error` says what is wrong with the publisher's label, lesions or subtype, if anything.
+# `metadata_error` describes what is wrong with the publisher's label, lesions or subtype, if
+# anything.
 TABLE_COLUMNS = (
     "row",
     "file_name",
