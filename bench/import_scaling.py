@@ -150,6 +150,7 @@ def instrument() -> PhaseTimer:
     timer.wrap(importer, "validate_batch", "validation gate")
     timer.wrap(DatasetStore, "commit", "store commit")
     timer.wrap(versioning, "_tag_in_git", "git commit and tag")
+    timer.wrap(versioning, "_configure_dvc", "dvc setup")
     timer.wrap_dvc()
     return timer
 

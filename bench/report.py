@@ -3,7 +3,8 @@
     .venv/bin/python bench/report.py RESULTS_FOLDER
 
 Reads `train_throughput.json`, `time_to_model.json`, `diagnose_latency.json`,
-`import_scaling.json`, `orchestration_overhead.json` and `memory.json` where present.
+`import_scaling.json`, `orchestration_overhead.json`, `memory.json` and `dvc_setup.json` where
+present.
 """
 
 from __future__ import annotations
@@ -263,6 +264,24 @@ def memory_section(result: dict) -> str:
     return table(["process", "peak RSS MiB", "load (1 min)"], rows)
 
 
+def dvc_setup_section(result: dict) -> str:
+    rows = [
+        [
+            name,
+            len(values),
+            f"{1000 * result['median_seconds'][name]:.1f}",
+            f"{1000 * max(values):.1f}",
+        ]
+        for name, values in result["seconds"].items()
+    ]
+    same = "yes" if result["same_config_written"] else "no"
+    return (
+        table(["setup", "repeats", "median ms", "max ms"], rows)
+        + f"\n\nSame `.dvc/config.local` written: {same}. "
+        + f"Load (1 min): {loads(result['load_average_1min'])}."
+    )
+
+
 SECTIONS = {
     "train_throughput": train_section,
     "time_to_model": time_section,
@@ -270,6 +289,7 @@ SECTIONS = {
     "import_scaling": import_section,
     "orchestration_overhead": orchestration_section,
     "memory": memory_section,
+    "dvc_setup": dvc_setup_section,
 }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from ladnn.config import ServersCfg
 from ladnn.data.importer import ImportItem, import_items
 from ladnn.data.store import DatasetStore
 from ladnn.data.versioning import commit_version, latest_version, list_versions
@@ -138,3 +140,47 @@ def test_new_version_copies_only_batch(tmp_path, workspace, release_dir):
     assert len(cache_after) - len(cache_before) == 5
     assert len(remote_after) - len(remote_before) == 5
     assert all(remote_after.get(path) == stamp for path, stamp in remote_before.items())
+
+
+def _dvc_config(root: Path) -> dict[str, str]:
+    listed = subprocess.run(
+        [sys.executable, "-m", "dvc", "config", "--local", "--list"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(line.split("=", 1) for line in listed.splitlines())
+
+
+def test_dvc_config_follows_the_servers_setting(tmp_path, workspace, small_images):
+    root = tmp_path / "switch"
+    root.mkdir()
+    _import(root, small_images[:1], "batch-1")
+
+    commit_version(root, workspace, "batch-1")
+    first = _dvc_config(root)
+    commit_version(
+        root,
+        workspace,
+        "batch-1",
+        servers=ServersCfg(dvc_remote="s3://bucket/ladnn", s3_endpoint_url="http://127.0.0.1:9"),
+    )
+    shared = _dvc_config(root)
+    _import(root, small_images[1:2], "batch-2")
+    commit_version(root, workspace, "batch-2", servers=ServersCfg(dvc_remote="shared-remote"))
+    relative = _dvc_config(root)
+
+    assert first == {
+        "core.analytics": "false",
+        "core.remote": "workspace",
+        "cache.dir": str(workspace.dvc_cache),
+        "remote.workspace.url": str(workspace.dvc_remote),
+    }
+    assert shared["core.remote"] == "shared"
+    assert shared["remote.shared.url"] == "s3://bucket/ladnn"
+    assert shared["remote.shared.endpointurl"] == "http://127.0.0.1:9"
+    # A relative folder is read from the data root, and the endpoint of the S3 remote is gone.
+    assert relative["remote.shared.url"] == str(root / "shared-remote")
+    assert "remote.shared.endpointurl" not in relative
+    assert any((root / "shared-remote").rglob("*.dir"))

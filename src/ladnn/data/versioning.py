@@ -86,24 +86,29 @@ def ensure_dvc_repo(root: Path, workspace: Workspace, servers: ServersCfg | None
             _dvc(["init", "-q"], root)
         else:
             _dvc(["init", "--subdir", "-q"], root)
-    _dvc(["config", "--local", "core.analytics", "false"], root)
-    _dvc(["config", "--local", "cache.dir", str(workspace.dvc_cache)], root)
+    _configure_dvc(root, workspace, servers)
+
+
+def _configure_dvc(root: Path, workspace: Workspace, servers: ServersCfg | None) -> None:
+    """Set the cache and the default remote in `.dvc/config.local` through DVC's config API.
+
+    Editing the file in this process replaces three `dvc` processes, about 1 s per import.
+    The remote's section is replaced whole, as `dvc remote add --force` does."""
+    from dvc.config import Config
+
     shared_url = servers.dvc_remote if servers is not None else ""
+    if shared_url and "://" not in shared_url:
+        # A local folder, relative to the data root as `dvc remote add` run there would read it.
+        shared_url = os.path.join(root, shared_url)
     name = "shared" if shared_url else "workspace"
-    _dvc(
-        [
-            "remote",
-            "add",
-            "--local",
-            "--default",
-            "--force",
-            name,
-            shared_url or str(workspace.dvc_remote),
-        ],
-        root,
-    )
+    remote = {"url": shared_url or os.path.abspath(workspace.dvc_remote)}
     if shared_url and servers.s3_endpoint_url:
-        _dvc(["remote", "modify", "--local", name, "endpointurl", servers.s3_endpoint_url], root)
+        remote["endpointurl"] = servers.s3_endpoint_url
+    config = Config(dvc_dir=str(root / ".dvc"), validate=False)
+    with config.edit("local") as local:
+        local["core"].update({"analytics": "false", "remote": name})
+        local["cache"]["dir"] = os.path.abspath(workspace.dvc_cache)
+        local["remote"][name] = remote
 
 
 def _versions_file(workspace: Workspace) -> Path:
