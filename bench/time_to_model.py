@@ -29,6 +29,8 @@ from common import (
     write_result,
 )
 
+from ladnn.config import PROFILES
+
 LADNN = REPOSITORY / ".venv" / "bin" / "ladnn"
 AUC_LINE = re.compile(
     r"test AUC (?P<auc>[0-9.]+|nan) \(95% CI (?P<low>[0-9.]+|nan)-(?P<high>[0-9.]+|nan)\)"
@@ -69,7 +71,7 @@ def run_ladnn(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--profile", default="short", choices=["short", "cpu"])
+    parser.add_argument("--profile", default="short", choices=PROFILES)
     parser.add_argument("--repeats", type=int, default=1, help="Training runs (default 1).")
     parser.add_argument(
         "--root",

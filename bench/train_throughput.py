@@ -438,8 +438,6 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
 
     models = args.models or (["efficientnet_lite0"] if args.quick else list(MODELS))
-    # NOTE: the trainer's one-cycle schedule divides by zero when an epoch has exactly 5 steps
-    # (129-160 images at batch 32, one epoch), so the default avoids that count.
     count = args.images or (64 if args.quick else 192)
     repeats = args.repeats or (1 if args.quick else 3)
     variants = (

@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,80 @@ def test_diagnose_latency_quick(tmp_path, datasets_dir):
     assert 0 < result["gradcam"]["p50_ms"] <= result["gradcam"]["p95_ms"]
     assert result["batched"]["median_images_per_s"] > 0
     assert result["target_p50_met"] == (result["diagnose"]["p50_ms"] < 50.0)
+
+
+def test_dvc_setup_quick_writes_the_same_config(tmp_path):
+    output = tmp_path / "dvc_setup.json"
+
+    subprocess.run(
+        [sys.executable, str(BENCH / "dvc_setup.py"), "--quick", "--output", str(output)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+    result = json.loads(output.read_text())
+    assert result["same_config_written"]
+    assert set(result["seconds"]) == {"three dvc processes", "config API in process"}
+    assert all(len(values) == 1 for values in result["seconds"].values())
+
+
+def _log_predictions_run(
+    client, experiment_id: str, scores: dict[str, list[float]], labels: list[int]
+) -> str:
+    import pandas as pd
+
+    run = client.create_run(experiment_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        for split, values in scores.items():
+            frame = pd.DataFrame(
+                {
+                    "image_id": [f"{split}-{index}" for index in range(len(values))],
+                    "file_name": [f"{index}.png" for index in range(len(values))],
+                    "patient_id": [f"patient-{index // 2}" for index in range(len(values))],
+                    "label": labels,
+                    "covid_probability": values,
+                }
+            )
+            path = Path(scratch) / f"predictions_{split}.csv"
+            frame.to_csv(path, index=False)
+            client.log_artifact(run.info.run_id, str(path), "predictions")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_average_runs_scores_mean_probability(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from ladnn.tracking.store import mlflow_client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    experiment_id = client.create_experiment(
+        "average", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+    labels = [0, 1, 0, 1, 1, 0, 1, 0]
+    first = [0.1, 0.4, 0.35, 0.8, 0.7, 0.6, 0.2, 0.3]
+    second = [0.3, 0.9, 0.1, 0.6, 0.4, 0.2, 0.7, 0.5]
+    runs = [
+        _log_predictions_run(client, experiment_id, {"val": scores, "test": scores}, labels)
+        for scores in (first, second)
+    ]
+    output = tmp_path / "average.json"
+
+    subprocess.run(
+        [sys.executable, str(BENCH / "average_runs.py"), "--tracking-uri", uri, *runs]
+        + ["--bootstrap", "50", "--output", str(output)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+    result = json.loads(output.read_text())
+    mean = [(a + b) / 2 for a, b in zip(first, second, strict=True)]
+    assert result["test_auc"] == pytest.approx(roc_auc_score(labels, mean))
+    assert [member["test_auc"] for member in result["members"]] == pytest.approx(
+        [roc_auc_score(labels, first), roc_auc_score(labels, second)]
+    )
+    assert result["test_images"] == len(labels)
+    assert result["test_auc_ci"][0] <= result["test_auc"] <= result["test_auc_ci"][1]
