@@ -39,7 +39,12 @@ def main() -> None:
     parser.add_argument("run_ids", nargs="+", help="MLflow run ids of finished training runs.")
     parser.add_argument("--tracking-uri", required=True, help="MLflow tracking URI of the runs.")
     parser.add_argument("--threshold-rule", default="youden", choices=["youden", "sensitivity"])
-    parser.add_argument("--bootstrap", type=int, default=1000, help="Patient resamples (1000).")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="Bootstrap resamples over patients for the AUC interval (default 1000).",
+    )
     parser.add_argument("--output", type=Path, help="Also write the JSON result to this file.")
     args = parser.parse_args()
 
@@ -53,7 +58,9 @@ def main() -> None:
                     probabilities[split][0].index
                 ):
                     raise SystemExit(
-                        f"run {run_id} scored other {split} images than {args.run_ids[0]}"
+                        f"run {run_id} has {split} predictions for other images than run "
+                        f"{args.run_ids[0]}: average only runs trained and scored on the same "
+                        "dataset version"
                     )
                 probabilities[split].append(frames[split])
             members.append(

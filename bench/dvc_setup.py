@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,14 +23,10 @@ from ladnn.workspace import Workspace
 ROOT = Path("/tmp/ladnn-bench/dvc-setup")
 
 
-def _dvc(args: list[str], cwd: Path) -> None:
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def with_processes(root: Path, workspace: Workspace) -> None:
-    _dvc(["config", "--local", "core.analytics", "false"], root)
-    _dvc(["config", "--local", "cache.dir", str(workspace.dvc_cache)], root)
-    _dvc(
+def configure_with_processes(root: Path, workspace: Workspace) -> None:
+    versioning._dvc(["config", "--local", "core.analytics", "false"], root)
+    versioning._dvc(["config", "--local", "cache.dir", str(workspace.dvc_cache)], root)
+    versioning._dvc(
         [
             "remote",
             "add",
@@ -46,14 +40,19 @@ def with_processes(root: Path, workspace: Workspace) -> None:
     )
 
 
-def in_process(root: Path, workspace: Workspace) -> None:
+def configure_in_process(root: Path, workspace: Workspace) -> None:
     versioning._configure_dvc(root, workspace, None)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=None, help="Repeats (default 5).")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="Timed repeats of each setup (default 5, 1 with --quick).",
+    )
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 5)
 
@@ -61,7 +60,7 @@ def main() -> None:
     root = ROOT / "root"
     root.mkdir(parents=True)
     workspace = Workspace.resolve(ROOT / "workspace").ensure()
-    _dvc(["init", "--no-scm", "-q"], root)
+    versioning._dvc(["init", "--no-scm", "-q"], root)
 
     seconds: dict[str, list[float]] = {"three dvc processes": [], "config API in process": []}
     configs: dict[str, str] = {}
@@ -69,8 +68,8 @@ def main() -> None:
     for _ in range(repeats):
         loads.append(load_average())
         for name, setup in (
-            ("three dvc processes", with_processes),
-            ("config API in process", in_process),
+            ("three dvc processes", configure_with_processes),
+            ("config API in process", configure_in_process),
         ):
             (root / ".dvc" / "config.local").unlink(missing_ok=True)
             started = time.perf_counter()

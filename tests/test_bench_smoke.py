@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -97,7 +98,7 @@ def test_diagnose_latency_quick(tmp_path, datasets_dir):
     assert result["target_p50_met"] == (result["diagnose"]["p50_ms"] < 50.0)
 
 
-def test_dvc_setup_quick_writes_the_same_config(tmp_path):
+def test_dvc_setup_writes_same_config(tmp_path):
     output = tmp_path / "dvc_setup.json"
 
     subprocess.run(
@@ -116,8 +117,6 @@ def test_dvc_setup_quick_writes_the_same_config(tmp_path):
 def _log_predictions_run(
     client, experiment_id: str, scores: dict[str, list[float]], labels: list[int]
 ) -> str:
-    import pandas as pd
-
     run = client.create_run(experiment_id)
     with tempfile.TemporaryDirectory() as scratch:
         for split, values in scores.items():

@@ -153,7 +153,7 @@ def _dvc_config(root: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in listed.splitlines())
 
 
-def test_dvc_config_follows_the_servers_setting(tmp_path, workspace, small_images):
+def test_dvc_config_follows_servers_setting(tmp_path, workspace, small_images):
     root = tmp_path / "switch"
     root.mkdir()
     _import(root, small_images[:1], "batch-1")
