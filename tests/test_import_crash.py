@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 from filelock import FileLock
 
@@ -78,6 +77,13 @@ class Dataset:
     workspace: Workspace
     store: DatasetStore
     v1_ids: set[str]
+    # Objects of v1 in the DVC cache, and so on the remote: its images, metadata and listing.
+    v1_objects: int = 0
+
+
+def _object_count(folder: Path) -> int:
+    """Count the objects in a DVC cache or local remote."""
+    return sum(len(files) for _, _, files in os.walk(folder / "files"))
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +98,8 @@ def base_dataset(tmp_path_factory, folders: Folders) -> Dataset:
     assert result.version.name == "v1"
 
     store = DatasetStore(root)
-    return Dataset(root, workspace, store, set(store.read_metadata()["image_id"]))
+    ids = set(store.read_metadata()["image_id"])
+    return Dataset(root, workspace, store, ids, _object_count(workspace.dvc_cache))
 
 
 @pytest.fixture
@@ -102,7 +109,9 @@ def dataset(tmp_path: Path, base_dataset: Dataset) -> Dataset:
     shutil.copytree(base_dataset.root, root)
     shutil.copytree(base_dataset.workspace.root, tmp_path / "workspace")
     workspace = Workspace.resolve(tmp_path / "workspace")
-    return Dataset(root, workspace, DatasetStore(root), base_dataset.v1_ids)
+    return Dataset(
+        root, workspace, DatasetStore(root), base_dataset.v1_ids, base_dataset.v1_objects
+    )
 
 
 @pytest.fixture
@@ -142,20 +151,9 @@ def _new_images(dataset: Dataset) -> list[str]:
     ]
 
 
-def _runs_dvc(process: subprocess.Popen, subcommand: str) -> bool:
-    """Check whether a child of the import runs `python -m dvc <subcommand>`."""
-    try:
-        children = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return False
-    for child in children:
-        try:
-            command = child.cmdline()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue
-        if command[1:4] == ["-m", "dvc", subcommand]:
-            return True
-    return False
+def _gained_objects(folder: Path, dataset: Dataset) -> bool:
+    """Check whether the cache or remote `folder` contains more objects than v1's."""
+    return _object_count(folder) > dataset.v1_objects
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -195,8 +193,14 @@ KILL_MOMENTS = {
     "half-images-written": KillMoment(
         lambda dataset, _: len(_new_images(dataset)) >= BATCH_SIZE // 2, 0.0005
     ),
-    "dvc-add-running": KillMoment(lambda _, process: _runs_dvc(process, "add"), 0.01),
-    "dvc-push-running": KillMoment(lambda _, process: _runs_dvc(process, "push"), 0.01),
+    # After the first version, DVC's work runs in the importing process: the batch's objects are
+    # copied into the cache, `data.dvc` is rewritten, then the objects are pushed.
+    "dvc-cache-written": KillMoment(
+        lambda dataset, _: _gained_objects(dataset.workspace.dvc_cache, dataset), 0.0005
+    ),
+    "dvc-push-running": KillMoment(
+        lambda dataset, _: _gained_objects(dataset.workspace.dvc_remote, dataset), 0.0005
+    ),
 }
 
 

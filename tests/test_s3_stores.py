@@ -59,15 +59,19 @@ def object_keys(s3, bucket: str, prefix: str = "") -> list[str]:
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-def _small_release(release_dir: Path, root: Path) -> None:
+def _small_release(release_dir: Path, root: Path) -> list:
+    """Import `PER_LABEL` images of each split and label; return the release's other items."""
     picked: dict[tuple[str, int], int] = {}
-    chosen = []
+    chosen, rest = [], []
     for item in read_release(release_dir):
         key = (item.split, item.label)
         if picked.get(key, 0) < PER_LABEL:
             picked[key] = picked.get(key, 0) + 1
             chosen.append(item)
+        else:
+            rest.append(item)
     import_items(chosen, DatasetStore(root), RELEASE_BATCH_ID, progress=False)
+    return rest
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -83,20 +87,33 @@ def test_dvc_s3_remote_round_trip(tmp_path, s3_endpoint, s3_credentials, release
     root = tmp_path / "root"
     root.mkdir()
     workspace = Workspace.resolve(tmp_path / "workspace").ensure()
-    _small_release(release_dir, root)
+    rest = _small_release(release_dir, root)
     servers = ServersCfg(dvc_remote="s3://dvc-versions/ladnn", s3_endpoint_url=s3_endpoint)
+
+    def cached() -> list[str]:
+        return sorted(
+            str(path.relative_to(workspace.dvc_cache))
+            for path in (workspace.dvc_cache / "files").rglob("*")
+            if path.is_file()
+        )
+
+    def pushed() -> list[str]:
+        return sorted(key.removeprefix("ladnn/") for key in object_keys(s3, "dvc-versions"))
 
     version, created = commit_version(root, workspace, RELEASE_BATCH_ID, servers=servers)
 
     assert created
-    cached = sorted(
-        str(path.relative_to(workspace.dvc_cache))
-        for path in (workspace.dvc_cache / "files").rglob("*")
-        if path.is_file()
-    )
-    pushed = sorted(key.removeprefix("ladnn/") for key in object_keys(s3, "dvc-versions"))
-    assert pushed == cached
-    assert f"files/md5/{version.md5[:2]}/{version.md5[2:]}" in pushed
+    assert pushed() == cached()
+    assert f"files/md5/{version.md5[:2]}/{version.md5[2:]}" in pushed()
+
+    # The second version is staged and pushed in this process, sending only what changed.
+    import_items(rest[:2], DatasetStore(root), "batch-2", progress=False)
+    second, created = commit_version(root, workspace, "batch-2", servers=servers)
+
+    assert created
+    assert second.n_images == version.n_images + 2
+    assert pushed() == cached()
+    assert f"files/md5/{second.md5[:2]}/{second.md5[2:]}" in pushed()
     assert not any(workspace.dvc_remote.rglob("*")), "the workspace's folder remote was used"
     local_config = (root / ".dvc" / "config.local").read_text()
     assert "s3://dvc-versions/ladnn" in local_config

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ladnn.config import ServersCfg
 from ladnn.data.importer import ImportItem, import_items
 from ladnn.data.store import DatasetStore
-from ladnn.data.versioning import commit_version, latest_version, list_versions
+from ladnn.data.versioning import DvcError, commit_version, latest_version, list_versions
 
 GIT_IDENTITY = ["-c", "user.name=ladnn tests", "-c", "user.email=tests@localhost"]
 
@@ -184,3 +187,88 @@ def test_dvc_config_follows_servers_setting(tmp_path, workspace, small_images):
     assert relative["remote.shared.url"] == str(root / "shared-remote")
     assert "remote.shared.endpointurl" not in relative
     assert any((root / "shared-remote").rglob("*.dir"))
+
+
+def _dvc_cli(root: Path, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _remote_object(remote: Path, md5: str) -> Path:
+    return remote / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def _assert_same_as_dvc_add(root: Path, remote: Path) -> None:
+    """Check that `dvc add data` computes the recorded hash and the remote has all its files."""
+    recorded = (root / "data.dvc").read_text("utf-8")
+    directory = yaml.safe_load(recorded)["outs"][0]["md5"]
+    listing = json.loads(_remote_object(remote, directory).read_text("utf-8"))
+    # `dvc status --cloud` trusts a directory object without looking for its files.
+    missing = [entry for entry in listing if not _remote_object(remote, entry["md5"]).is_file()]
+    assert not missing
+    assert "up to date" in _dvc_cli(root, "status")
+    _dvc_cli(root, "add", "-q", "data")
+    assert (root / "data.dvc").read_text("utf-8") == recorded
+
+
+def _two_versions(
+    root: Path, workspace, images: list[Path], servers: ServersCfg | None = None
+) -> None:
+    """Record all but the last two images as v1, then the last two as v2."""
+    root.mkdir()
+    _import(root, images[:-2], "batch-1")
+    commit_version(root, workspace, "batch-1", servers=servers)
+    _import(root, images[-2:], "batch-2")
+    commit_version(root, workspace, "batch-2", servers=servers)
+
+
+def test_update_reads_only_changed_files(tmp_path, workspace, release_dir, caplog):
+    root = tmp_path / "changed"
+    images = sorted((release_dir / "CT_COVID").glob("*.png"))[::40][:8]
+    _two_versions(root, workspace, images[:6])
+    _import(root, images[6:], "batch-3")
+
+    with caplog.at_level("INFO", logger="ladnn.data.dvc_update"):
+        third, new = commit_version(root, workspace, "batch-3")
+
+    assert new
+    assert third.n_images == 8
+    # Two new images and the rewritten metadata.csv are hashed. The other six keep their hashes.
+    assert "9 file(s) in data/, 3 hashed" in caplog.text
+    _assert_same_as_dvc_add(root, workspace.dvc_remote)
+
+
+def test_update_sees_a_file_changed_in_place(tmp_path, workspace, release_dir):
+    root = tmp_path / "in-place"
+    images = sorted((release_dir / "CT_COVID").glob("*.png"))[::40][:5]
+    _two_versions(root, workspace, images[:4])
+    first_image = sorted((root / "data" / "images").iterdir())[0]
+    first_image.write_bytes(images[4].read_bytes())
+
+    changed, new = commit_version(root, workspace, "edit")
+
+    assert new
+    assert changed.number == 3
+    _assert_same_as_dvc_add(root, workspace.dvc_remote)
+
+
+def test_failed_push_retry_sends_all(tmp_path, workspace, release_dir):
+    root = tmp_path / "retry"
+    images = sorted((release_dir / "CT_COVID").glob("*.png"))[::40][:6]
+    blocker = tmp_path / "remote"
+    servers = ServersCfg(dvc_remote=str(blocker))
+    _two_versions(root, workspace, images[:5], servers)
+    _import(root, images[5:], "batch-3")
+    shutil.rmtree(blocker)
+    blocker.write_text("a file where the remote's folder belongs\n", encoding="utf-8")
+
+    with pytest.raises(DvcError, match="not recorded"):
+        commit_version(root, workspace, "batch-3", servers=servers)
+
+    assert [version.number for version in list_versions(workspace)] == [1, 2]
+    blocker.unlink()
+    third, new = commit_version(root, workspace, "batch-3", servers=servers)
+    assert new
+    assert third.number == 3
+    _assert_same_as_dvc_add(root, blocker)

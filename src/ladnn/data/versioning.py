@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ladnn.config import ServersCfg
+from ladnn.data.dvc_update import push_staged, record_snapshot, stage_data
 from ladnn.data.store import DatasetStore, atomic_write_bytes
 from ladnn.workspace import Workspace
 
@@ -244,10 +245,15 @@ def commit_version(
     if not store.exists():
         raise FileNotFoundError(f"no dataset at {store.data_dir}: import a release or batch first")
     ensure_dvc_repo(root, workspace, servers)
-    _dvc(["add", "-q", "data"], root)
-    dvc_text = (root / "data.dvc").read_text("utf-8")
-    out = yaml.safe_load(dvc_text)["outs"][0]
-    md5 = out["md5"]
+    # After the first version, only changed files are hashed and pushed; `dvc add` and `dvc push`
+    # would check every file of the dataset.
+    staged = stage_data(root)
+    if staged is None:
+        _dvc(["add", "-q", "data"], root)
+        dvc_text = (root / "data.dvc").read_text("utf-8")
+    else:
+        dvc_text = staged.dvc_text
+    md5 = yaml.safe_load(dvc_text)["outs"][0]["md5"]
 
     versions = list_versions(workspace)
     for version in reversed(versions):
@@ -255,7 +261,24 @@ def commit_version(
             logger.info("data unchanged: dataset version %s (md5 %s)", version.name, md5)
             return version, False
 
-    _dvc(["push", "-q", "data.dvc"], root)
+    if staged is None:
+        _dvc(["push", "-q", "data.dvc"], root)
+    else:
+        from dvc.exceptions import DvcException
+
+        try:
+            failed = push_staged(root, staged)
+        except (OSError, DvcException) as error:
+            raise DvcError(
+                f"pushing {root / 'data'} to the DVC remote failed ({error}); "
+                "the dataset version was not recorded"
+            ) from error
+        if failed:
+            raise DvcError(
+                f"pushing {root / 'data'} to the DVC remote failed for {len(failed)} object(s), "
+                f"for example {', '.join(failed[:5])}; the dataset version was not recorded"
+            )
+        record_snapshot(root, staged)
     metadata = store.read_metadata()
     counts = {
         **{f"label_{label}": int((metadata["label"] == label).sum()) for label in (0, 1)},
