@@ -4,20 +4,25 @@ Three ways of running one cycle on the COVID-CT release, each in a new process o
 one prepared data root (release imported, image cache filled):
 
 - `flow`: `pipelines.cycle.cycle_flow` (review off), what `ladnn cycle` runs: Prefect tasks with
-  a temporary Prefect server, MLflow tracking and registration;
+  a temporary Prefect server (or the running server given by `--prefect-api-url`), MLflow
+  tracking and registration;
 - `direct`: the same steps without Prefect: `import_release`, `check_images`, `run_training`
   (MLflow run with plots, Grad-CAM++ overlays and the logged model) and `register_run`;
 - `bare`: the same work without Prefect and MLflow: `import_release`, `check_images`,
   `train_model`, then the validation and test scores and metrics.
 
-The import finds the release already present, so it decodes and checks every file but creates no
-version and the ingest flow measures no drift. Each run reports its steps' time and its
+The prepared root contains Prefect's database, as every cycle after a workspace's first finds it;
+`--first-cycle` leaves it out, so each flow creates it. The import finds the release already
+present, so it decodes and checks every file but creates no version and the ingest flow measures
+no drift. Each run reports its steps' time and its
 training time; Prefect's cost is the difference of the time outside training between `flow` and
 `direct`, MLflow's and the logged artifacts' between `direct` and `bare`, both against the median
 training time.
 
     .venv/bin/python bench/orchestration_overhead.py             # 2 epochs, 2 repeats
     .venv/bin/python bench/orchestration_overhead.py --quick     # 1 epoch at 64 px, 1 repeat
+    .venv/bin/python bench/orchestration_overhead.py --epochs 6  # the `short` profile's epochs
+    .venv/bin/python bench/orchestration_overhead.py --prefect-api-url http://127.0.0.1:4200/api
 """
 
 from __future__ import annotations
@@ -134,8 +139,13 @@ def child(mode: str, root: Path, release: Path, overrides: list[str]) -> None:
     )
 
 
-def prepare_template(template: Path, datasets: Path, overrides: list[str]) -> None:
-    """Import the release into `template` and fill the image cache for the configured size."""
+def prepare_template(
+    template: Path, datasets: Path, overrides: list[str], prefect_database: bool
+) -> None:
+    """Import the release into `template` and fill the image cache for the configured size.
+
+    With `prefect_database`, also create Prefect's database in the workspace, as every cycle
+    after a workspace's first finds it."""
     from ladnn.cycle import import_release
     from ladnn.data.store import DatasetStore
     from ladnn.training.images import ImageCache
@@ -149,9 +159,21 @@ def prepare_template(template: Path, datasets: Path, overrides: list[str]) -> No
     ImageCache(store, workspace.cache_dir, cfg.train.image_size).get(
         store.read_metadata()["image_id"].tolist()
     )
+    if prefect_database:
+        environment = {**os.environ, "PREFECT_HOME": str(template / "workspace" / "prefect")}
+        environment.pop("PREFECT_API_URL", None)
+        prefect = Path(sys.executable).with_name("prefect")
+        subprocess.run(
+            [str(prefect), "server", "database", "upgrade", "--yes"],
+            env=environment,
+            check=True,
+            capture_output=True,
+        )
 
 
-def run_mode(mode: str, root: Path, datasets: Path, overrides: list[str]) -> dict:
+def run_mode(
+    mode: str, root: Path, datasets: Path, overrides: list[str], prefect_api_url: str | None
+) -> dict:
     environment = {
         **os.environ,
         "LADNN_DATASETS": str(datasets),
@@ -161,6 +183,8 @@ def run_mode(mode: str, root: Path, datasets: Path, overrides: list[str]) -> dic
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
     }
     environment.pop("PREFECT_API_URL", None)
+    if prefect_api_url:
+        environment["PREFECT_API_URL"] = prefect_api_url
     environment.pop("LADNN_SERVERS", None)
     command = [
         sys.executable,
@@ -191,6 +215,15 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help="Folder for the copies (default under /tmp).")
+    parser.add_argument(
+        "--prefect-api-url",
+        help="Run the flows on this running Prefect server instead of a temporary one.",
+    )
+    parser.add_argument(
+        "--first-cycle",
+        action="store_true",
+        help="Start each flow without Prefect's database, as a workspace's first cycle does.",
+    )
     args = parser.parse_args()
     datasets = datasets_dir(args.datasets)
 
@@ -207,14 +240,14 @@ def main() -> None:
     machine = machine_info()
     template = folder / "template"
     template.mkdir(parents=True)
-    prepare_template(template, datasets, overrides)
+    prepare_template(template, datasets, overrides, prefect_database=not args.first_cycle)
 
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for repeat in range(repeats):
         for mode in MODES:
             root = folder / f"{mode}-{repeat + 1}"
             shutil.copytree(template, root, symlinks=True)
-            runs[mode].append(run_mode(mode, root, datasets, overrides))
+            runs[mode].append(run_mode(mode, root, datasets, overrides, args.prefect_api_url))
             print(mode, runs[mode][-1], file=sys.stderr, flush=True)
             shutil.rmtree(root)
 
@@ -233,6 +266,8 @@ def main() -> None:
         "machine": machine,
         "overrides": overrides,
         "repeats": repeats,
+        "prefect_database": "created by the flow" if args.first_cycle else "present",
+        "prefect_server": args.prefect_api_url or "temporary, started by each flow",
         "runs": runs,
         "median_steps_seconds": steps,
         "median_seconds_outside_training": outside,
