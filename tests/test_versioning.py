@@ -272,3 +272,19 @@ def test_failed_push_retry_sends_all(tmp_path, workspace, release_dir):
     assert new
     assert third.number == 3
     _assert_same_as_dvc_add(root, blocker)
+
+
+def test_update_follows_dvcignore(tmp_path, workspace, release_dir):
+    root = tmp_path / "ignored"
+    images = sorted((release_dir / "CT_COVID").glob("*.png"))[::40][:4]
+    _two_versions(root, workspace, images[:3])
+    (root / ".dvcignore").write_text("*.scratch\n", encoding="utf-8")
+    (root / "data" / "notes.scratch").write_text("not part of the dataset\n", encoding="utf-8")
+    _import(root, images[3:], "batch-3")
+
+    third, new = commit_version(root, workspace, "batch-3")
+
+    listing = json.loads(_remote_object(workspace.dvc_remote, third.md5).read_text("utf-8"))
+    assert new
+    assert "notes.scratch" not in {entry["relpath"] for entry in listing}
+    _assert_same_as_dvc_add(root, workspace.dvc_remote)
