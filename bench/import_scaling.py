@@ -11,9 +11,9 @@ A fresh data root (a git repository, as the project's checkout is) and workspace
 `ladnn.data.operations.import_batch`, the function behind `ladnn import`, to each size in
 `--sizes`. At each size, batches of `--add` new images are imported `--add-repeats` times. Every
 import is timed in phases (decode and measure, reference metrics, validation gate, store commit,
-DVC add or staging, DVC push, git) by timing wrappers around the project's own functions. After each bulk
-import the validation reference cache is filled (timed apart), so that every added batch measures
-only the batch before it.
+DVC add or staging, DVC push, git) by timing wrappers around the project's own functions. After
+each bulk import the validation reference cache is filled (timed apart), so that every added
+batch measures only the batch before it.
 
     .venv/bin/python bench/import_scaling.py                          # 1,000, 3,000, 10,000
     .venv/bin/python bench/import_scaling.py --quick                  # 100 and 300
@@ -152,7 +152,7 @@ def instrument() -> PhaseTimer:
     timer.wrap(DatasetStore, "commit", "store commit")
     timer.wrap(versioning, "_tag_in_git", "git commit and tag")
     timer.wrap(versioning, "_configure_dvc", "dvc setup")
-    # After the first version DVC's work runs in process: staging counts as `dvc add`, the
+    # After the first version, DVC's work runs in process. Staging counts as `dvc add` and the
     # transfer of the changed objects as `dvc push`.
     timer.wrap(versioning, "stage_data", "dvc add")
     timer.wrap(versioning, "record_snapshot", "dvc add")

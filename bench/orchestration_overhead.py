@@ -11,13 +11,12 @@ one prepared data root (release imported, image cache filled):
 - `bare`: the same work without Prefect and MLflow: `import_release`, `check_images`,
   `train_model`, then the validation and test scores and metrics.
 
-The prepared root contains Prefect's database, as every cycle after a workspace's first finds it;
-`--first-cycle` leaves it out, so each flow creates it. The import finds the release already
+The prepared root contains Prefect's database, as every cycle after a workspace's first finds
+it. `--first-cycle` leaves it out, so each flow creates it. The import finds the release already
 present, so it decodes and checks every file but creates no version and the ingest flow measures
-no drift. Each run reports its steps' time and its
-training time; Prefect's cost is the difference of the time outside training between `flow` and
-`direct`, MLflow's and the logged artifacts' between `direct` and `bare`, both against the median
-training time.
+no drift. Each run reports its steps' time and its training time; Prefect's cost is the
+difference of the time outside training between `flow` and `direct`, MLflow's and the logged
+artifacts' between `direct` and `bare`, both against the median training time.
 
     .venv/bin/python bench/orchestration_overhead.py             # 2 epochs, 2 repeats
     .venv/bin/python bench/orchestration_overhead.py --quick     # 1 epoch at 64 px, 1 repeat

@@ -4,14 +4,14 @@
 data.dvc` collects an index of every file. So both grow with the dataset, by about 0.3 ms per
 image (docs/benchmarks.md). This module does the same work through DVC's own libraries:
 
-- every file is stat-ed, and a file whose size, modification time and inode match the snapshot
-  of the last update keeps its recorded hash; any other file is hashed (through DVC's state
-  database) and copied into the DVC cache;
-- the directory object is built and written with `dvc_data`, so `data.dvc` gets the hash that
-  `dvc add data` computes for the same files;
-- the push sends the changed files, then the directory object.
+- Every file is stat-ed. A file whose size, modification time and inode match the snapshot of
+  the last update keeps its recorded hash. Any other file is hashed (through DVC's state
+  database) and copied into the DVC cache.
+- The directory object is built and written with `dvc_data`, so `data.dvc` gets the hash that
+  `dvc add data` computes for the same files.
+- The push sends the changed files, then the directory object.
 
-It needs an earlier `data.dvc` whose directory object is in the cache; otherwise the caller falls
+It needs an earlier `data.dvc` whose directory object is in the cache. Otherwise the caller falls
 back to the `dvc` commands. Without a valid snapshot every file is checked through DVC's state
 database once, and the result stays correct.
 """
@@ -191,8 +191,12 @@ def push_staged(root: str | Path, staged: StagedData) -> list[str]:
     """Push the staged objects to the default remote, the directory object after its files.
 
     Return the hashes of the objects that failed to transfer. DVC's own push also writes every
-    file of the directory into its index of the remote, about 20 us per file here. That index
-    only saves queries to the remote, so this push leaves it unchanged."""
+    file of the directory into its index of the remote, which took about 20 microseconds per file
+    in a profile at 10,861 files. That index only saves queries to the remote, so this push
+    leaves it unchanged.
+
+    NOTE: `get_remote_odb` raises for cloud-versioned remotes (`version_aware`, `worktree`), so
+    with such a remote the import fails here instead of falling back to `dvc push`."""
     from dvc.repo import Repo
     from dvc_data.hashfile.transfer import transfer
 

@@ -224,6 +224,15 @@ def _tag_in_git(root: Path, number: int) -> str | None:
     return tag
 
 
+def _push_failed(root: Path, reason: str) -> str:
+    """Return the message of a failed push of `root/data`."""
+    return (
+        f"pushing {root / 'data'} to the DVC remote failed: {reason}. The dataset version was "
+        "not recorded. Import again once the remote accepts writes, and the files not yet "
+        "pushed are sent then."
+    )
+
+
 def commit_version(
     root: str | Path,
     workspace: Workspace,
@@ -245,8 +254,8 @@ def commit_version(
     if not store.exists():
         raise FileNotFoundError(f"no dataset at {store.data_dir}: import a release or batch first")
     ensure_dvc_repo(root, workspace, servers)
-    # After the first version, only changed files are hashed and pushed; `dvc add` and `dvc push`
-    # would check every file of the dataset.
+    # After the first version, only changed files are hashed and pushed, because `dvc add` and
+    # `dvc push` would check every file of the dataset.
     staged = stage_data(root)
     if staged is None:
         _dvc(["add", "-q", "data"], root)
@@ -269,15 +278,10 @@ def commit_version(
         try:
             failed = push_staged(root, staged)
         except (OSError, DvcException) as error:
-            raise DvcError(
-                f"pushing {root / 'data'} to the DVC remote failed ({error}); "
-                "the dataset version was not recorded"
-            ) from error
+            raise DvcError(_push_failed(root, str(error))) from error
         if failed:
-            raise DvcError(
-                f"pushing {root / 'data'} to the DVC remote failed for {len(failed)} object(s), "
-                f"for example {', '.join(failed[:5])}; the dataset version was not recorded"
-            )
+            examples = ", ".join(failed[:5])
+            raise DvcError(_push_failed(root, f"{len(failed)} object(s), for example {examples}"))
         record_snapshot(root, staged)
     metadata = store.read_metadata()
     counts = {
