@@ -31,11 +31,13 @@ def loads(values: list[float]) -> str:
 
 def train_section(result: dict) -> str:
     peak = result["matmul_peak_float32"]["gflops_median"]
+    bfloat16 = result.get("matmul_peak_bfloat16", {}).get("gflops_median")
     rows = []
     for name, model in result["models"].items():
         rows.append(
             [
                 name,
+                model.get("trainer_precision", "float32"),
                 f"{model['trainer_median']:.1f}",
                 f"{model['reference_median']:.1f}",
                 f"{model['ratio_median']:.2f}",
@@ -47,18 +49,20 @@ def train_section(result: dict) -> str:
             ]
         )
     text = [
-        f"Matrix-multiply peak (float32, 4096x4096): {peak:.0f} GFLOP/s. Decoding once: "
-        f"{result['decode_once']['images_per_s']:.0f} images/s.",
+        f"Matrix-multiply peak (4096x4096): {peak:.0f} GFLOP/s in float32"
+        + (f", {bfloat16:.0f} in bfloat16" if bfloat16 else "")
+        + f". Decoding once: {result['decode_once']['images_per_s']:.0f} images/s.",
         "",
         table(
             [
                 "backbone",
+                "trainer precision",
                 "trainer img/s",
                 "reference img/s",
                 "ratio",
                 "3x",
                 "GFLOP/image (train step)",
-                "trainer % of peak",
+                "trainer % of its precision's peak",
                 "reference % of peak",
                 "load (1 min)",
             ],

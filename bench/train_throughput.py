@@ -8,12 +8,13 @@ and the model trains in the default memory format in float32 with Adam at 5e-5 a
 per-sample BCE loss on sigmoid outputs.
 
 The project's side is `ladnn.training.trainer.train_model`: images decoded and resized once into a
-uint8 tensor (what `ImageCache` stores), batch augmentation on tensors, channels_last and one torch
-thread per core. Both sides train the same `LADNN` model at the same batch size on the same real
+uint8 tensor (what `ImageCache` stores), batch augmentation on tensors, channels_last, one torch
+thread per core, and the step in the precision that `train.precision` resolves to (`--precision`,
+default "auto": bfloat16 autocast on a CPU with AMX, else float32). Both sides train the same `LADNN` model at the same batch size on the same real
 images, interleaved in one process, so both run under the same load and their ratio stays comparable.
 
-The script also measures the machine's float32 matrix-multiply peak (`torch.matmul` of two
-4096x4096 matrices), counts each model's training FLOPs per image with
+The script also measures the machine's float32 and bfloat16 matrix-multiply peaks (`torch.matmul`
+of two 4096x4096 matrices), counts each model's training FLOPs per image with
 `torch.utils.flop_counter.FlopCounterMode`, and times two variants of the trainer's step in a
 loop of its own: bfloat16 autocast and `torch.compile`.
 
@@ -157,7 +158,7 @@ def train_reference_epoch(model: LADNN, images: list[tuple[Path, int]], seed: in
     return seen / (time.perf_counter() - started)
 
 
-def trainer_config(backbone: str, epochs: int, seed: int = 0):
+def trainer_config(backbone: str, epochs: int, seed: int = 0, precision: str = "float32"):
     # Random weights for every backbone: throughput does not depend on them, and the weights of
     # ResNet-18 and DenseNet-121 are not available offline.
     return load_config(
@@ -169,15 +170,19 @@ def trainer_config(backbone: str, epochs: int, seed: int = 0):
             f"train.batch_size={BATCH_SIZE}",
             f"train.image_size={IMAGE_SIZE}",
             f"train.seed={seed}",
+            f"train.precision={precision}",
         ],
     )
 
 
-def train_project_epoch(backbone: str, train: SplitData, val: SplitData, seed: int) -> float:
-    """Train one epoch with the project's trainer; return its own images-per-second figure."""
-    cfg = trainer_config(backbone, epochs=1, seed=seed)
+def train_project_epoch(
+    backbone: str, train: SplitData, val: SplitData, seed: int, precision: str
+) -> tuple[float, str]:
+    """Train one epoch with the project's trainer. Return its own images-per-second figure and
+    the precision its step ran in."""
+    cfg = trainer_config(backbone, epochs=1, seed=seed, precision=precision)
     outcome = train_model(cfg, train, val, progress=False)
-    return float(outcome.history[-1]["train_images_per_s"])
+    return float(outcome.history[-1]["train_images_per_s"]), outcome.precision
 
 
 def step_variant_loop(
@@ -281,10 +286,10 @@ def training_flops_per_image(
     }
 
 
-def matmul_peak(repeats: int) -> dict[str, float]:
-    """Measure float32 GFLOP/s of `torch.matmul` on two MATMUL_SIZE square matrices."""
-    first = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    second = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+def matmul_peak(repeats: int, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Measure the GFLOP/s of `torch.matmul` on two MATMUL_SIZE square matrices of `dtype`."""
+    first = torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype)
+    second = torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype)
     torch.matmul(first, second)
     rates = []
     for _ in range(repeats):
@@ -311,34 +316,40 @@ def measure_model(
     repeats: int,
     variants: list[str],
     variant_steps: int,
-    peak_gflops: float,
+    peaks: dict[str, float],
+    precision: str,
 ) -> dict:
     warm_up(backbone, train.pixels)
-    ours, reference, loads = [], [], []
+    ours, reference, loads, precisions = [], [], [], set()
     for repeat in range(repeats):
         loads.append(load_average())
         # Alternate the order, so a change of load over time hits both sides alike.
         if repeat % 2 == 0:
-            ours.append(train_project_epoch(backbone, train, val, seed=repeat))
+            rate, used = train_project_epoch(backbone, train, val, repeat, precision)
             model, _ = build_model(backbone, pretrained=False)
             reference.append(train_reference_epoch(model, images, seed=repeat))
         else:
             model, _ = build_model(backbone, pretrained=False)
             reference.append(train_reference_epoch(model, images, seed=repeat))
-            ours.append(train_project_epoch(backbone, train, val, seed=repeat))
+            rate, used = train_project_epoch(backbone, train, val, repeat, precision)
+        ours.append(rate)
+        precisions.add(used)
         logging.info(
-            "%s repeat %d: trainer %.1f img/s, reference %.1f img/s (load %.2f)",
+            "%s repeat %d: trainer %.1f img/s (%s), reference %.1f img/s (load %.2f)",
             backbone,
             repeat + 1,
             ours[-1],
+            used,
             reference[-1],
             loads[-1],
         )
     ratios = [a / b for a, b in zip(ours, reference, strict=True)]
     counted = training_flops_per_image(backbone)
     flops = counted["training"]
+    (trainer_precision,) = precisions
     result = {
         "images_per_epoch": len(images),
+        "trainer_precision": trainer_precision,
         "trainer_images_per_s": ours,
         "reference_images_per_s": reference,
         "ratio_per_repeat": ratios,
@@ -349,8 +360,9 @@ def measure_model(
         "forward_gflop_per_image": counted["forward"] / 1e9,
         "training_gflop_per_image": flops / 1e9,
         "trainer_gflops": median(ours) * flops / 1e9,
-        "trainer_fraction_of_matmul_peak": median(ours) * flops / 1e9 / peak_gflops,
-        "reference_fraction_of_matmul_peak": median(reference) * flops / 1e9 / peak_gflops,
+        # Each side against the peak of the precision it computes in.
+        "trainer_fraction_of_matmul_peak": median(ours) * flops / 1e9 / peaks[trainer_precision],
+        "reference_fraction_of_matmul_peak": median(reference) * flops / 1e9 / peaks["float32"],
         "load_average_1min": loads,
     }
 
@@ -432,6 +444,12 @@ def main() -> None:
     parser.add_argument(
         "--variant-steps", type=int, default=None, help="Timed steps per variant (default 5)."
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="The trainer's train.precision (default auto).",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("ladnn").setLevel(logging.WARNING)
@@ -458,6 +476,7 @@ def main() -> None:
 
     machine = machine_info()
     peak = matmul_peak(3 if args.quick else 5)
+    peak_bfloat16 = matmul_peak(3 if args.quick else 5, torch.bfloat16)
     images = select_images(release, count)
     pixels, decode_seconds = decode_once(images)
     train = split_data(images, pixels)
@@ -472,7 +491,8 @@ def main() -> None:
             repeats,
             variants if index == 0 else [],
             variant_steps,
-            peak["gflops_median"],
+            {"float32": peak["gflops_median"], "bfloat16": peak_bfloat16["gflops_median"]},
+            args.precision,
         )
     result = {
         "benchmark": "train_throughput",
@@ -483,8 +503,10 @@ def main() -> None:
             "images_per_epoch": count,
             "repeats": repeats,
             "torch_threads": torch.get_num_threads(),
+            "precision": args.precision,
         },
         "matmul_peak_float32": peak,
+        "matmul_peak_bfloat16": peak_bfloat16,
         "decode_once": {
             "images": count,
             "seconds": decode_seconds,

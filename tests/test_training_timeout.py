@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from release_splits import small_splits
 
 from ladnn.config import load_config, resume_identity
-from ladnn.data.lesions import LESIONS
 from ladnn.training import trainer
-from ladnn.training.images import load_image_tensor
-from ladnn.training.trainer import SplitData, TrainingTimeout, train_model
+from ladnn.training.trainer import TrainingTimeout, train_model
 
 IMAGE_SIZE = 32
 SETTINGS = [
@@ -24,26 +21,9 @@ SETTINGS = [
 ]
 
 
-def _split(paths: list, labels: list[int]) -> SplitData:
-    pixels = []
-    for path in paths:
-        with Image.open(path) as image:
-            pixels.append(load_image_tensor(image, IMAGE_SIZE))
-    return SplitData(
-        frame=pd.DataFrame({"image_id": [path.stem for path in paths], "label": labels}),
-        pixels=torch.stack(pixels),
-        covid=torch.tensor(labels, dtype=torch.float32),
-        lesions=torch.full((len(paths), len(LESIONS)), float("nan")),
-    )
-
-
 @pytest.fixture(scope="module")
 def splits(release_dir):
-    covid = sorted((release_dir / "CT_COVID").iterdir())
-    negative = sorted((release_dir / "CT_NonCOVID").iterdir())
-    train = _split(covid[:6] + negative[:6], [1] * 6 + [0] * 6)
-    val = _split(covid[6:9] + negative[6:9], [1] * 3 + [0] * 3)
-    return train, val
+    return small_splits(release_dir, 6, 3, IMAGE_SIZE)
 
 
 class FakeClock:

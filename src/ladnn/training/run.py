@@ -256,6 +256,7 @@ def run_training(
                 "pretrained": str(outcome.backbone.pretrained).lower(),
                 "weights_source": outcome.backbone.weights_source,
                 "device": outcome.device,
+                "precision": outcome.precision,
                 "training_processes": str(context.world_size if context is not None else 1),
             }
         )

@@ -40,6 +40,7 @@ __all__ = [
     "train_model",
     "predict",
     "select_device",
+    "training_precision",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class TrainOutcome:
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
     device: str = "cpu"
+    precision: str = "float32"
 
 
 def prepare_split(
@@ -93,6 +95,23 @@ def select_device(choice: str) -> torch.device:
             raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def _has_amx() -> bool:
+    """Return whether this CPU has AMX tiles, which run bfloat16 matrix products in hardware."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
+def training_precision(choice: str, device: torch.device) -> str:
+    """Resolve `train.precision` for `device`: "float32" or "bfloat16"."""
+    if choice != "auto":
+        return choice
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    # Without AMX, bfloat16 autocast trained EfficientNet-Lite0 only 7-9% faster on CPUs with
+    # AVX512-BF16, within the noise, at a small cost in precision.
+    return "bfloat16" if _has_amx() else "float32"
 
 
 def _configure_threads(threads: int, context: DistributedContext | None = None) -> None:
@@ -312,6 +331,16 @@ def train_model(
         model.load_state_dict(initial_state)
     model = model.to(device=device, memory_format=memory_format)
     mean, std = backbone.spec.mean, backbone.spec.std
+    precision = training_precision(cfg.train.precision, device)
+    freeze_batchnorm = cfg.train.freeze_batchnorm and (
+        backbone.pretrained or initial_state is not None
+    )
+    if cfg.train.freeze_batchnorm and not freeze_batchnorm and is_main:
+        logger.warning(
+            "train.freeze_batchnorm ignored: %s starts from random weights, whose batch-norm "
+            "layers have no statistics to keep, so they learn them from the batches",
+            cfg.model.backbone,
+        )
 
     # `train.batch_size` counts the images of one optimizer step over all processes, so the
     # learning rate means the same with any number of them.
@@ -368,7 +397,7 @@ def train_model(
     stale_epochs = 0
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         model.train()
-        if cfg.train.freeze_batchnorm:
+        if freeze_batchnorm:
             _freeze_batchnorm(model)
         order = torch.randperm(len(train), generator=generator)
         if sampler is not None:
@@ -398,9 +427,10 @@ def train_model(
                 intensity_jitter=cfg.train.intensity_jitter,
             ).to(device)
             inputs = to_model_input(pixels, mean, std).contiguous(memory_format=memory_format)
-            logits = step_module(inputs)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                logits = step_module(inputs)
             loss = ladnn_loss(
-                logits,
+                logits.float(),
                 train.covid[index].to(device),
                 train.lesions[index].to(device),
                 covid_weight=cfg.loss.covid_weight,
@@ -499,4 +529,5 @@ def train_model(
         history=history,
         train_seconds=time.perf_counter() - started,
         device=str(device),
+        precision=precision,
     )
