@@ -5,7 +5,8 @@ one prepared data root (release imported, image cache filled):
 
 - `flow`: `pipelines.cycle.cycle_flow` (review off), what `ladnn cycle` runs: Prefect tasks with
   a temporary Prefect server (or the running server given by `--prefect-api-url`), MLflow
-  tracking and registration;
+  tracking and registration. As in `ladnn cycle`, the temporary server starts in a thread while
+  the flow's modules import and the tracking store opens (`ladnn.warmup`);
 - `direct`: the same steps without Prefect: `import_release`, `check_images`, `run_training`
   (MLflow run with plots, Grad-CAM++ overlays and the logged model) and `register_run`;
 - `bare`: the same work without Prefect and MLflow: `import_release`, `check_images`,
@@ -55,8 +56,16 @@ def child_config(root: Path, overrides: list[str]):
 
 
 def run_flow(root: Path, release: Path, overrides: list[str]) -> float:
+    # As `ladnn cycle` does: Prefect's temporary server starts while the flow's modules import
+    # and the tracking store opens.
+    from ladnn.warmup import open_tracking_store, start_prefect_server
+
+    wait_for_prefect = start_prefect_server()
+    from ladnn.workspace import Workspace
     from pipelines.cycle import cycle_flow
 
+    open_tracking_store(child_config(root, overrides), Workspace(root / "workspace").ensure())
+    wait_for_prefect()
     summary = cycle_flow(
         source=str(release),
         overrides=[f"data.root={root}", *overrides],

@@ -163,12 +163,19 @@ def cycle(
         cfg = state.config(extra)
     except ValueError as err:
         _fail(str(err))
-    from ladnn.cycle import format_summary, release_dir
-    from pipelines.cycle import cycle_flow
+    from ladnn.workspace import release_dir
 
     source = batch.resolve() if batch else release_dir(cfg)
     if not source.exists():
         _fail(f"batch not found at {source}: set --release, --batch or LADNN_DATASETS")
+    from ladnn.warmup import open_tracking_store, start_prefect_server
+
+    wait_for_prefect = start_prefect_server()
+    from ladnn.cycle import format_summary
+    from pipelines.cycle import cycle_flow
+
+    open_tracking_store(cfg, state.workspace)
+    wait_for_prefect()
     try:
         summary = cycle_flow(
             source=str(source),
@@ -521,10 +528,14 @@ def flows_ingest(
     ] = None,
 ) -> None:
     """Run the ingest flow on one batch: import, validate, version, measure drift, emit events."""
+    from ladnn.warmup import start_prefect_server
+
+    wait_for_prefect = start_prefect_server()
     from ladnn.data.contributions import parse_label
     from pipelines.ingest import ingest_flow
 
     batch_label = _read_or_fail(parse_label, label, "--label") if label is not None else None
+    wait_for_prefect()
     try:
         result = ingest_flow(
             source=str(path.resolve()), label=batch_label, **_flow_arguments(ctx.obj)
@@ -553,8 +564,13 @@ def flows_retrain(
     review: Annotated[bool, typer.Option(help="Run the review flow on the candidates.")] = True,
 ) -> None:
     """Run the retrain flow: train variants, register each, then review the best."""
+    from ladnn.warmup import open_tracking_store, start_prefect_server
+
+    wait_for_prefect = start_prefect_server()
     from pipelines.retrain import retrain_flow
 
+    open_tracking_store(ctx.obj.config(), ctx.obj.workspace)
+    wait_for_prefect()
     try:
         result = retrain_flow(
             dataset_version=dataset_version,
@@ -581,8 +597,13 @@ def flows_review(
     ] = False,
 ) -> None:
     """Run the review flow: compare the best candidate with the champion and apply the gates."""
+    from ladnn.warmup import open_tracking_store, start_prefect_server
+
+    wait_for_prefect = start_prefect_server()
     from pipelines.review import review_flow
 
+    open_tracking_store(ctx.obj.config(), ctx.obj.workspace)
+    wait_for_prefect()
     try:
         result = review_flow(
             candidates=candidates, wait_for_decision=wait, **_flow_arguments(ctx.obj)

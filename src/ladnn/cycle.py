@@ -21,7 +21,7 @@ from ladnn.data.store import DatasetStore
 from ladnn.tracking.registry import register_candidate
 from ladnn.tracking.store import configure_mlflow
 from ladnn.training.run import TrainingRun
-from ladnn.workspace import Workspace, default_datasets_dir
+from ladnn.workspace import Workspace, release_dir
 
 __all__ = [
     "data_root",
@@ -38,14 +38,6 @@ logger = logging.getLogger(__name__)
 
 def data_root(cfg: LadnnCfg) -> Path:
     return Path(cfg.data.root or ".").resolve()
-
-
-def release_dir(cfg: LadnnCfg) -> Path:
-    return (
-        Path(cfg.data.release).resolve()
-        if cfg.data.release
-        else default_datasets_dir() / "covid-ct"
-    )
 
 
 def import_release(cfg: LadnnCfg, workspace: Workspace, *, progress: bool = True) -> BatchImport:

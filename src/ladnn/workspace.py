@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["Workspace", "WORKSPACE_ENV", "DATASETS_ENV", "default_datasets_dir"]
+if TYPE_CHECKING:
+    from ladnn.config import LadnnCfg
+
+__all__ = ["Workspace", "WORKSPACE_ENV", "DATASETS_ENV", "default_datasets_dir", "release_dir"]
 
 WORKSPACE_ENV = "LADNN_WORKSPACE"
 DATASETS_ENV = "LADNN_DATASETS"
@@ -25,6 +29,15 @@ def default_datasets_dir() -> Path:
         if candidate.is_dir():
             return candidate
     return beside_cwd
+
+
+def release_dir(cfg: LadnnCfg) -> Path:
+    """Folder of the COVID-CT release: `data.release`, else `covid-ct` in the datasets folder."""
+    return (
+        Path(cfg.data.release).resolve()
+        if cfg.data.release
+        else default_datasets_dir() / "covid-ct"
+    )
 
 
 @dataclass(frozen=True)
