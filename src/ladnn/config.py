@@ -110,7 +110,7 @@ class TrainCfg:
     # Arithmetic of the training step's forward pass and loss. "bfloat16" runs convolutions and
     # matrix products under bfloat16 autocast, with float32 weights, optimizer and scores.
     # "auto" chooses bfloat16 on a CUDA device that supports it and on a CPU with AMX tiles
-    # (where it trained ResNet-18 2.6 times as fast), else float32.
+    # (where ResNet-18 trained in 136 s against 266 s in float32), else float32.
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
