@@ -6,13 +6,13 @@ from prefect import flow, get_run_logger, task
 
 from ladnn.config import LadnnCfg
 from ladnn.continual import plan_training
-from ladnn.cycle import CycleSummary, check_images, data_root, register_run, release_dir
+from ladnn.cycle import CycleSummary, check_images, data_root, register_run
 from ladnn.data.operations import find_version
 from ladnn.data.store import DatasetStore
 from ladnn.registry.workflow import open_registry
 from ladnn.tracking.store import tracking_uri_for
 from ladnn.training.run import TrainingRun, run_training
-from ladnn.workspace import Workspace
+from ladnn.workspace import Workspace, release_dir
 from pipelines.common import resolve
 from pipelines.ingest import ingest_flow
 from pipelines.review import review_flow

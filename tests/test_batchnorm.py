@@ -1,4 +1,4 @@
-"""`train.freeze_batchnorm`: pretrained statistics stay fixed; random weights learn their own."""
+"""`train.freeze_batchnorm`: pretrained statistics stay fixed, and random weights learn theirs."""
 
 from __future__ import annotations
 
@@ -64,6 +64,6 @@ def test_random_weights_learn_their_statistics(splits, caplog):
         outcome = train_model(cfg, *splits, progress=False)
 
     assert not outcome.backbone.pretrained
-    # A fresh batch-norm layer starts at mean 0; training on the batches moved it.
+    # A fresh batch-norm layer starts at mean 0, and training on the batches moved it.
     assert _first_running_mean(outcome.model).abs().max() > 0
     assert "train.freeze_batchnorm ignored: resnet18 starts from random weights" in caplog.text

@@ -52,7 +52,7 @@ SETTINGS = [
     "train.channels_last=false",
     "train.threads=1",
     "train.device=cpu",
-    # bfloat16 rounds differently for half batches; the comparison below is of float32 sums.
+    # bfloat16 rounds half batches differently, and the comparisons below expect float32 sums.
     "train.precision=float32",
 ]
 FROZEN_BN = [*SETTINGS, "train.freeze_batchnorm=true"]

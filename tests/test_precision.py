@@ -52,7 +52,7 @@ def _train_recording_dtypes(splits, monkeypatch, precision: str):
     return outcome, seen
 
 
-def test_bfloat16_runs_the_step_in_bfloat16_and_keeps_float32_weights(splits, monkeypatch):
+def test_bfloat16_step_keeps_float32_weights(splits, monkeypatch):
     outcome, seen = _train_recording_dtypes(splits, monkeypatch, "bfloat16")
 
     assert outcome.precision == "bfloat16"

@@ -244,8 +244,8 @@ def import_release_command(
     ] = None,
 ) -> None:
     """Import the COVID-CT release with LA-DNN's lesion labels, split and patients."""
-    from ladnn.cycle import release_dir
     from ladnn.data.release import RELEASE_BATCH_ID, read_release
+    from ladnn.workspace import release_dir
 
     state: Context = ctx.obj
     folder = path.resolve() if path else release_dir(state.config())

@@ -25,7 +25,6 @@ from ladnn.workspace import Workspace, release_dir
 
 __all__ = [
     "data_root",
-    "release_dir",
     "import_release",
     "check_images",
     "register_run",

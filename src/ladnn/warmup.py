@@ -4,8 +4,8 @@ opens its stores.
 Without `PREFECT_API_URL`, a flow's first call starts Prefect's temporary server and then waits
 for it, about 6 s on a 2-core machine. For about 4 s of that, the server process starts on its own
 core while the flow's process only polls. `start_prefect_server` begins that start in a thread,
-so the caller's imports and `open_tracking_store` run meanwhile, and `wait` joins it before the
-flow is called; the flow then finds the server running.
+so the caller's imports and `open_tracking_store` run meanwhile. `wait` joins the thread before
+the flow is called, and the flow then finds the server running.
 """
 
 from __future__ import annotations
