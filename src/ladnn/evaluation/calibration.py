@@ -11,13 +11,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 from ladnn.evaluation.metrics import _as_arrays  # noqa: E402
 
@@ -84,9 +80,8 @@ def save_reliability_diagram(
     width = 1.0 / n_bins
     filled = bins["count"] > 0
 
-    figure, (curve, histogram) = plt.subplots(
-        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
+    figure = Figure(figsize=(4.5, 5.5))
+    curve, histogram = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     curve.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
     curve.bar(
         centres[filled],
@@ -115,5 +110,4 @@ def save_reliability_diagram(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
     return path

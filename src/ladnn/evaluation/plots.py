@@ -1,17 +1,18 @@
-"""ROC, precision-recall, confusion-matrix and lesion pair-plot figures saved as PNG files."""
+"""ROC, precision-recall, confusion-matrix and lesion pair-plot figures saved as PNG files.
+
+The figures are built with matplotlib's `Figure` class and never through `pyplot`, whose global
+figure registry is not safe across threads. A training run renders them in a thread while it
+computes Grad-CAM++ overlays, and the dashboard renders in Streamlit's script threads.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import (
     ConfusionMatrixDisplay,
     PrecisionRecallDisplay,
     RocCurveDisplay,
@@ -27,22 +28,23 @@ def save_evaluation_plots(
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
 
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    figure = Figure(figsize=(4.5, 4.5))
+    axis = figure.subplots()
     RocCurveDisplay.from_predictions(y_true, y_score, ax=axis, name="COVID-19")
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axis.set_title(f"ROC ({prefix})")
     paths.append(folder / f"{prefix}_roc.png")
     figure.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    figure = Figure(figsize=(4.5, 4.5))
+    axis = figure.subplots()
     PrecisionRecallDisplay.from_predictions(y_true, y_score, ax=axis, name="COVID-19")
     axis.set_title(f"Precision-recall ({prefix})")
     paths.append(folder / f"{prefix}_pr.png")
     figure.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    figure = Figure(figsize=(4.5, 4.5))
+    axis = figure.subplots()
     ConfusionMatrixDisplay.from_predictions(
         y_true,
         (y_score >= threshold).astype(int),
@@ -54,7 +56,6 @@ def save_evaluation_plots(
     axis.set_title(f"Confusion at {threshold:.3f} ({prefix})")
     paths.append(folder / f"{prefix}_confusion.png")
     figure.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(figure)
     return paths
 
 
@@ -83,7 +84,8 @@ def save_lesion_pair_plot(
     groups = [(0, "non-COVID", "tab:blue"), (1, "COVID", "tab:red")]
     bins = np.linspace(0.0, 1.0, 21)
 
-    figure, axes = plt.subplots(count, count, figsize=(2.0 * count, 2.0 * count), squeeze=False)
+    figure = Figure(figsize=(2.0 * count, 2.0 * count))
+    axes = figure.subplots(count, count, squeeze=False)
     for row in range(count):
         for column in range(count):
             axis = axes[row][column]
@@ -118,5 +120,4 @@ def save_lesion_pair_plot(
     figure.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
     return path

@@ -7,10 +7,12 @@ import json
 import logging
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -102,6 +104,35 @@ def _log_gradcam(
         return
     if paths:
         mlflow.log_artifacts(str(folder), "gradcam")
+
+
+def _save_figures(
+    labels: dict[str, np.ndarray],
+    probabilities: dict[str, np.ndarray],
+    threshold: float,
+    folder: Path,
+    *,
+    lesions: bool,
+) -> None:
+    """Write the figures of the validation and test splits into `folder`.
+
+    Each split gets its ROC, precision-recall, confusion and reliability figures; with `lesions`
+    the test split also gets the lesion pair plot.
+    """
+    for split, y_true in labels.items():
+        covid = probabilities[split][:, 0]
+        save_evaluation_plots(y_true, covid, threshold, folder, split)
+        save_reliability_diagram(
+            y_true, covid, folder / f"{split}_reliability.png", title=f"Reliability ({split})"
+        )
+    if lesions:
+        save_lesion_pair_plot(
+            labels["test"],
+            probabilities["test"][:, 1:],
+            LESIONS,
+            folder / "test_lesion_pairs.png",
+            title="Lesion probabilities by COVID-19 label (test)",
+        )
 
 
 def run_training(
@@ -263,42 +294,30 @@ def run_training(
         if not outcome.backbone.pretrained:
             mlflow.set_tag("warning", "backbone trained from random weights (not pretrained)")
 
-        with tempfile.TemporaryDirectory() as scratch:
+        with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(1) as painter:
             scratch_dir = Path(scratch)
+            # The figures render in a thread while this one computes the Grad-CAM++ overlays,
+            # whose convolutions release the GIL.
+            figures = painter.submit(
+                _save_figures,
+                {split: splits[split].frame["label"].to_numpy() for split in ("val", "test")},
+                probabilities,
+                threshold,
+                scratch_dir / "plots",
+                lesions=cfg.model.variant == "ladnn",
+            )
             for split in ("val", "test"):
                 data = splits[split]
-                save_evaluation_plots(
-                    data.frame["label"].to_numpy(),
-                    probabilities[split][:, 0],
-                    threshold,
-                    scratch_dir / "plots",
-                    split,
-                )
                 predictions = data.frame[["image_id", "file_name", "patient_id", "label"]].copy()
                 predictions["covid_probability"] = probabilities[split][:, 0]
                 predictions.to_csv(scratch_dir / f"predictions_{split}.csv", index=False)
                 mlflow.log_artifact(str(scratch_dir / f"predictions_{split}.csv"), "predictions")
-                save_reliability_diagram(
-                    data.frame["label"].to_numpy(),
-                    probabilities[split][:, 0],
-                    scratch_dir / "plots" / f"{split}_reliability.png",
-                    title=f"Reliability ({split})",
-                )
                 # Single-class slices (every COVID source) are expected; their AUC is NaN in the CSV.
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     slices = evaluate_slices(data.frame, probabilities[split], threshold)
                 slices.to_csv(scratch_dir / f"slices_{split}.csv", index=False)
                 mlflow.log_artifact(str(scratch_dir / f"slices_{split}.csv"), "slices")
-            if cfg.model.variant == "ladnn":
-                save_lesion_pair_plot(
-                    splits["test"].frame["label"].to_numpy(),
-                    probabilities["test"][:, 1:],
-                    LESIONS,
-                    scratch_dir / "plots" / "test_lesion_pairs.png",
-                    title="Lesion probabilities by COVID-19 label (test)",
-                )
-            mlflow.log_artifacts(str(scratch_dir / "plots"), "plots")
             _log_gradcam(
                 outcome, store, splits["test"].frame, cfg.train.image_size, scratch_dir / "gradcam"
             )
@@ -318,6 +337,8 @@ def run_training(
                 scratch_dir / "model_files",
                 _input_example(store, splits["test"].frame),
             )
+            figures.result()
+            mlflow.log_artifacts(str(scratch_dir / "plots"), "plots")
 
     checkpoint.unlink(missing_ok=True)
     run_file.unlink(missing_ok=True)
