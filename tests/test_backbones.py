@@ -263,6 +263,21 @@ def test_weights_file_count_mismatch_raises(tmp_path: Path):
         create_backbone("resnet18", weights_file=path)
 
 
+def test_weights_file_without_classifier_loads(tmp_path: Path):
+    """A backbone saved after its classifier was removed, as `ladnn pretrain` writes it, loads."""
+    module = timm.create_model("resnet18")
+    module.reset_classifier(0)
+    state = module.state_dict()
+    path = tmp_path / "headless.pth"
+    torch.save(state, path)
+
+    loaded = create_backbone("resnet18", weights_file=path)
+
+    assert loaded.pretrained
+    for name, tensor in loaded.module.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
 def test_list_backbones_has_paper_set():
     names = list_backbones()
 

@@ -460,6 +460,91 @@ def train(
 
 
 @app.command()
+def pretrain(
+    ctx: typer.Context,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training images.")] = 30,
+    batch_size: Annotated[
+        int, typer.Option(min=2, help="Images per step; each gives two views.")
+    ] = 64,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")] = 3e-4,
+    temperature: Annotated[float, typer.Option(min=0.0, help="NT-Xent temperature.")] = 0.2,
+    image_size: Annotated[int, typer.Option(min=32, help="Side of the views in pixels.")] = 160,
+    probe_every: Annotated[
+        int, typer.Option(min=0, help="Epochs between linear-probe scores; 0 for none.")
+    ] = 5,
+    keep: Annotated[
+        str,
+        typer.Option(
+            help="Weights to write: 'best_probe' (the epoch with the best linear-probe "
+            "validation AUC) or 'last'."
+        ),
+    ] = "best_probe",
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Weights file to write (default under <workspace>/pretrained/)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run with the same settings.")
+    ] = False,
+) -> None:
+    """Pretrain the backbone contrastively (SimCLR) on the latest version's training images.
+
+    No label is read. The weights start from `model.*` (ImageNet where available) and end in a
+    safetensors file. Train LA-DNN from it with `--set model.weights_file=FILE`. Each run is
+    logged to the MLflow experiment `<tracking.experiment>-pretraining`, with its loss and the
+    validation AUC of a linear probe on the frozen features.
+    """
+    from ladnn.cycle import data_root
+    from ladnn.data.store import DatasetStore
+    from ladnn.data.versioning import latest_version
+    from ladnn.training.contrastive import ContrastiveCfg, run_pretraining
+
+    state: Context = ctx.obj
+    cfg = state.config()
+    version = latest_version(state.workspace)
+    if version is None:
+        _fail("no dataset version in this workspace: run `ladnn import release` first")
+    try:
+        settings = ContrastiveCfg(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            temperature=temperature,
+            image_size=image_size,
+            probe_every=probe_every,
+            keep=keep,
+        )
+        outcome, run_id = run_pretraining(
+            cfg,
+            state.workspace,
+            DatasetStore(data_root(cfg)),
+            version,
+            settings,
+            output=output,
+            resume=resume,
+            progress=sys.stderr.isatty(),
+        )
+    except ValueError as err:
+        _fail(str(err))
+    probes = [record for record in outcome.history if "probe_val_auc" in record]
+    probe_text = (
+        f", linear-probe validation AUC {probes[0]['probe_val_auc']:.3f} at epoch "
+        f"{probes[0]['epoch']} and {probes[-1]['probe_val_auc']:.3f} at epoch {probes[-1]['epoch']}"
+        if len(probes) > 1
+        else ""
+    )
+    console.print(
+        f"run {run_id}: pretrained {cfg.model.backbone} for {epochs} epochs in "
+        f"{outcome.seconds:.0f} s{probe_text}",
+        markup=False,
+    )
+    console.print(f"weights: {outcome.weights_path} (epoch {outcome.kept_epoch})", markup=False)
+    console.print(
+        f"train from them with: --set model.weights_file={outcome.weights_path}", markup=False
+    )
+
+
+@app.command()
 def models(ctx: typer.Context) -> None:
     """List registered model versions with their review state and test metrics."""
     from mlflow.tracking import MlflowClient

@@ -140,11 +140,25 @@ def _load_weights_file(module: nn.Module, path: Path) -> None:
             state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"weights file {path} does not hold a state dict")
-    names_match = set(state) == set(module.state_dict())
-    if names_match:
+    target = set(module.state_dict())
+    if set(state) == target:
         module.load_state_dict(state)
+    elif set(state) < target and _only_classifier(module, target - set(state)):
+        # A backbone saved without its ImageNet classifier, as `ladnn pretrain` writes it. The
+        # classifier is replaced before training anyway.
+        module.load_state_dict(state, strict=False)
     else:
         _load_in_order(module, state, str(path))
+
+
+def _only_classifier(module: nn.Module, names: set[str]) -> bool:
+    """Return whether `names` are exactly the tensors of the module's classifier layer."""
+    classifier = getattr(module, "pretrained_cfg", {}).get("classifier")
+    if not classifier:
+        return False
+    prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    prefixes = tuple(f"{prefix}." for prefix in prefixes)
+    return names == {name for name in module.state_dict() if name.startswith(prefixes)}
 
 
 def _try_timm_cache(spec: BackboneSpec) -> nn.Module | None:

@@ -106,6 +106,16 @@ def _log_gradcam(
         mlflow.log_artifacts(str(folder), "gradcam")
 
 
+def _initialisation(cfg: LadnnCfg, initial_state: dict | None) -> str:
+    """Name where the run's weights start: a given state (the champion's), a weights file such as
+    one from `ladnn pretrain`, ImageNet, or random weights."""
+    if initial_state is not None:
+        return "checkpoint"
+    if not cfg.model.pretrained:
+        return "random"
+    return "weights-file" if cfg.model.weights_file else "imagenet"
+
+
 def _save_figures(
     labels: dict[str, np.ndarray],
     probabilities: dict[str, np.ndarray],
@@ -206,7 +216,7 @@ def run_training(
         "variant": cfg.model.variant,
         "profile": cfg.profile,
         "git_commit": git_commit(),
-        "initialisation": "imagenet" if initial_state is None else "checkpoint",
+        "initialisation": _initialisation(cfg, initial_state),
         **(extra_tags or {}),
     }
     with mlflow.start_run(run_id=previous_run, run_name=run_name) as run:

@@ -41,6 +41,8 @@ __all__ = [
     "predict",
     "select_device",
     "training_precision",
+    "configure_threads",
+    "save_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,7 +116,7 @@ def training_precision(choice: str, device: torch.device) -> str:
     return "bfloat16" if _has_amx() else "float32"
 
 
-def _configure_threads(threads: int, context: DistributedContext | None = None) -> None:
+def configure_threads(threads: int, context: DistributedContext | None = None) -> None:
     count = threads or os.cpu_count() or 1
     if context is not None and not threads:
         # The processes of one machine share its cores.
@@ -260,7 +262,7 @@ def _warmup_fraction(total_steps: int, fraction: float = 0.2) -> float:
     return fraction
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict) -> None:
     """Write through a unique temporary file, flushed to disk, then rename it over `path`.
 
     A process killed at any moment leaves either the previous checkpoint or the new one.
@@ -316,7 +318,7 @@ def train_model(
             "training processes: choose a multiple of --nproc-per-node"
         )
     is_main = context is None or context.is_main
-    _configure_threads(cfg.train.threads, context)
+    configure_threads(cfg.train.threads, context)
     torch.manual_seed(cfg.train.seed)
     device = _training_device(cfg.train.device, context)
     model, backbone = build_model(
@@ -491,7 +493,7 @@ def train_model(
         if on_epoch is not None and is_main:
             on_epoch(record)
         if checkpoint_path is not None and is_main:
-            _save_checkpoint(
+            save_checkpoint(
                 checkpoint_path,
                 {
                     "epoch": epoch,
