@@ -143,7 +143,7 @@ def nt_xent_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) 
 def contrastive_views(
     pixels: torch.Tensor, generator: torch.Generator, settings: ContrastiveCfg
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independently augmented views of grey uint8 pixels (N, 1, H, W), as float in [0, 255]."""
+    """Augment grey uint8 pixels (N, 1, H, W) twice, independently, into float views in [0, 255]."""
 
     def view() -> torch.Tensor:
         return augment_batch(
@@ -438,6 +438,7 @@ def run_pretraining(
 
     from ladnn.tracking.store import configure_mlflow
     from ladnn.training.images import ImageCache
+    from ladnn.training.run import previous_run_id
 
     frame = store.read_metadata()
     cache = ImageCache(store, workspace.cache_dir, settings.image_size)
@@ -468,11 +469,7 @@ def run_pretraining(
     )
     checkpoint = workspace.checkpoints_dir / f"pretrain-{key}.pt"
     run_file = workspace.checkpoints_dir / f"pretrain-{key}.run.json"
-    previous_run = None
-    if resume and checkpoint.is_file() and run_file.is_file():
-        previous_run = json.loads(run_file.read_text())["run_id"]
-    elif not resume:
-        checkpoint.unlink(missing_ok=True)
+    previous_run = previous_run_id(checkpoint, run_file, resume=resume)
 
     tracking = replace(cfg.tracking, experiment=f"{cfg.tracking.experiment}-pretraining")
     configure_mlflow(replace(cfg, tracking=tracking), workspace)

@@ -34,7 +34,7 @@ from ladnn.training.images import ImageCache
 from ladnn.training.trainer import SplitData, TrainOutcome, predict, prepare_split, train_model
 from ladnn.workspace import Workspace
 
-__all__ = ["TrainingRun", "run_training", "flatten_config"]
+__all__ = ["TrainingRun", "run_training", "flatten_config", "previous_run_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,18 @@ def _log_gradcam(
         return
     if paths:
         mlflow.log_artifacts(str(folder), "gradcam")
+
+
+def previous_run_id(checkpoint: Path, run_file: Path, *, resume: bool) -> str | None:
+    """Return the MLflow run id to continue when resuming from `checkpoint`, else None.
+
+    Without `resume`, a checkpoint left by an earlier run is deleted so that training starts over.
+    """
+    if resume and run_file.is_file() and checkpoint.is_file():
+        return json.loads(run_file.read_text())["run_id"]
+    if not resume:
+        checkpoint.unlink(missing_ok=True)
+    return None
 
 
 def _initialisation(cfg: LadnnCfg, initial_state: dict | None) -> str:
@@ -199,11 +211,7 @@ def run_training(
     key = _run_key(cfg, version, train_ids, extra_tags)
     checkpoint = workspace.checkpoints_dir / f"{key}.pt"
     run_file = workspace.checkpoints_dir / f"{key}.run.json"
-    previous_run = None
-    if resume and run_file.is_file() and checkpoint.is_file():
-        previous_run = json.loads(run_file.read_text())["run_id"]
-    elif not resume:
-        checkpoint.unlink(missing_ok=True)
+    previous_run = previous_run_id(checkpoint, run_file, resume=resume)
 
     tags = {
         "dataset_version": version.name,
