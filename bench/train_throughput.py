@@ -20,6 +20,10 @@ loop of its own: bfloat16 autocast and `torch.compile`.
 
     .venv/bin/python bench/train_throughput.py                # 3 models, 192 images, 3 repeats
     .venv/bin/python bench/train_throughput.py --quick        # Lite0, 64 images, 1 repeat
+
+`--set KEY=VALUE` changes the trainer's side only, for example `--set train.freeze_batchnorm=true
+--set train.freeze_stages=3` to time what the `cpu` profile and frozen early stages save. The
+reference loop always trains every layer.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from ladnn.config import load_config
 from ladnn.data.images import normalise_image
 from ladnn.models.ladnn import LADNN, build_model, ladnn_loss
 from ladnn.training.images import augment_batch, load_image_tensor, to_model_input
-from ladnn.training.trainer import SplitData, train_model
+from ladnn.training.trainer import SplitData, train_model, training_precision
 
 MODELS = ("efficientnet_lite0", "resnet18", "densenet121")
 BATCH_SIZE = 32
@@ -63,6 +67,7 @@ REFERENCE_STD = [0.229, 0.224, 0.225]
 REFERENCE_LR = 5e-5
 REFERENCE_WEIGHT_DECAY = 5e-4
 MATMUL_SIZE = 4096
+WEIGHTS_DIR = Path("/tmp/ladnn-bench/throughput-weights")
 
 
 def select_images(release: Path, count: int) -> list[tuple[Path, int]]:
@@ -158,29 +163,56 @@ def train_reference_epoch(model: LADNN, images: list[tuple[Path, int]], seed: in
     return seen / (time.perf_counter() - started)
 
 
-def trainer_config(backbone: str, epochs: int, seed: int = 0, precision: str = "float32"):
-    # Random weights for every backbone: throughput does not depend on them, and the weights of
-    # ResNet-18 and DenseNet-121 are not available offline.
+def random_weights_file(backbone: str) -> Path:
+    """Save a seeded random initialisation of `backbone` and return the file.
+
+    Throughput does not depend on the weights' values, and the ImageNet weights of ResNet-18 and
+    DenseNet-121 are not available offline. Starting from a file, the trainer treats the backbone
+    as pretrained, so the settings that apply only to pretrained starts (`train.freeze_batchnorm`,
+    `train.freeze_stages`) take effect as they would from ImageNet weights.
+    """
+    path = WEIGHTS_DIR / f"{backbone}-random.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        model, _ = build_model(backbone, pretrained=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.backbone.state_dict(), path)
+    return path
+
+
+def trainer_config(
+    backbone: str,
+    epochs: int,
+    seed: int = 0,
+    precision: str = "float32",
+    overrides: tuple[str, ...] = (),
+):
     return load_config(
         profile="short",
         overrides=[
             f"model.backbone={backbone}",
-            "model.pretrained=false",
+            f"model.weights_file={random_weights_file(backbone)}",
             f"train.epochs={epochs}",
             f"train.batch_size={BATCH_SIZE}",
             f"train.image_size={IMAGE_SIZE}",
             f"train.seed={seed}",
             f"train.precision={precision}",
+            *overrides,
         ],
     )
 
 
 def train_project_epoch(
-    backbone: str, train: SplitData, val: SplitData, seed: int, precision: str
+    backbone: str,
+    train: SplitData,
+    val: SplitData,
+    seed: int,
+    precision: str,
+    overrides: tuple[str, ...] = (),
 ) -> tuple[float, str]:
     """Train one epoch with the project's trainer. Return its own images-per-second figure and
     the precision its step ran in."""
-    cfg = trainer_config(backbone, epochs=1, seed=seed, precision=precision)
+    cfg = trainer_config(backbone, epochs=1, seed=seed, precision=precision, overrides=overrides)
     outcome = train_model(cfg, train, val, progress=False)
     return float(outcome.history[-1]["train_images_per_s"]), outcome.precision
 
@@ -318,6 +350,7 @@ def measure_model(
     variant_steps: int,
     peaks: dict[str, float],
     precision: str,
+    overrides: tuple[str, ...] = (),
 ) -> dict:
     warm_up(backbone, train.pixels)
     ours, reference, loads, precisions = [], [], [], set()
@@ -325,13 +358,13 @@ def measure_model(
         loads.append(load_average())
         # Alternate the order, so a change of load over time hits both sides alike.
         if repeat % 2 == 0:
-            rate, used = train_project_epoch(backbone, train, val, repeat, precision)
+            rate, used = train_project_epoch(backbone, train, val, repeat, precision, overrides)
             model, _ = build_model(backbone, pretrained=False)
             reference.append(train_reference_epoch(model, images, seed=repeat))
         else:
             model, _ = build_model(backbone, pretrained=False)
             reference.append(train_reference_epoch(model, images, seed=repeat))
-            rate, used = train_project_epoch(backbone, train, val, repeat, precision)
+            rate, used = train_project_epoch(backbone, train, val, repeat, precision, overrides)
         ours.append(rate)
         precisions.add(used)
         logging.info(
@@ -450,6 +483,15 @@ def main() -> None:
         default="auto",
         help="The trainer's train.precision (default auto).",
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A configuration override for the trainer's side, e.g. train.freeze_stages=3; "
+        "repeatable.",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("ladnn").setLevel(logging.WARNING)
@@ -476,7 +518,15 @@ def main() -> None:
 
     machine = machine_info()
     peak = matmul_peak(3 if args.quick else 5)
-    peak_bfloat16 = matmul_peak(3 if args.quick else 5, torch.bfloat16)
+    peaks = {"float32": peak["gflops_median"]}
+    # A CPU without bfloat16 units emulates bfloat16 products at a few GFLOP/s, so that peak
+    # takes minutes to measure; it is measured only when the trainer or a step variant uses it.
+    uses_bfloat16 = training_precision(args.precision, torch.device("cpu")) == "bfloat16" or any(
+        "bfloat16" in variant for variant in variants
+    )
+    peak_bfloat16 = matmul_peak(3 if args.quick else 5, torch.bfloat16) if uses_bfloat16 else None
+    if peak_bfloat16 is not None:
+        peaks["bfloat16"] = peak_bfloat16["gflops_median"]
     images = select_images(release, count)
     pixels, decode_seconds = decode_once(images)
     train = split_data(images, pixels)
@@ -491,8 +541,9 @@ def main() -> None:
             repeats,
             variants if index == 0 else [],
             variant_steps,
-            {"float32": peak["gflops_median"], "bfloat16": peak_bfloat16["gflops_median"]},
+            peaks,
             args.precision,
+            tuple(args.overrides),
         )
     result = {
         "benchmark": "train_throughput",
@@ -504,9 +555,10 @@ def main() -> None:
             "repeats": repeats,
             "torch_threads": torch.get_num_threads(),
             "precision": args.precision,
+            "trainer_overrides": args.overrides,
         },
         "matmul_peak_float32": peak,
-        "matmul_peak_bfloat16": peak_bfloat16,
+        "matmul_peak_bfloat16": peak_bfloat16 or {},
         "decode_once": {
             "images": count,
             "seconds": decode_seconds,

@@ -37,6 +37,21 @@ def test_training_flops_about_three_forwards(backbone):
     assert 2.5 < ratio <= 3.0
 
 
+def test_trainer_side_starts_from_a_weights_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_throughput, "WEIGHTS_DIR", tmp_path)
+
+    cfg = train_throughput.trainer_config(
+        "resnet18", epochs=1, overrides=("train.freeze_stages=2",)
+    )
+
+    # From a file the trainer treats the backbone as pretrained, so the frozen stages apply.
+    saved = torch.load(cfg.model.weights_file, weights_only=True)
+    assert Path(cfg.model.weights_file).parent == tmp_path
+    assert "layer1.0.conv1.weight" in saved
+    assert "fc.weight" not in saved
+    assert cfg.train.freeze_stages == 2
+
+
 def test_reference_loss_matches_vectorised_formula():
     torch.manual_seed(0)
     output = torch.rand(6, 6) * 0.98 + 0.01

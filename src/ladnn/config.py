@@ -107,6 +107,10 @@ class TrainCfg:
     # Normalise with the running batch-norm statistics and keep them fixed, which suits small
     # batches per process. The scale and shift of each batch-norm layer still train.
     freeze_batchnorm: bool = False
+    # Keep the weights and batch-norm statistics of the backbone's first N stages (the stem
+    # counts as the first) as pretrained, so that the backward pass stops before them. 0 trains
+    # every stage. Ignored, with a warning, for a backbone that starts from random weights.
+    freeze_stages: int = 0
     # Arithmetic of the training step's forward pass and loss. "bfloat16" runs convolutions and
     # matrix products under bfloat16 autocast, with float32 weights, optimizer and scores.
     # "auto" chooses bfloat16 on a CUDA device that supports it and on a CPU with AMX tiles

@@ -23,7 +23,9 @@ __all__ = [
     "LoadedBackbone",
     "BACKBONES",
     "create_backbone",
+    "freeze_stages",
     "list_backbones",
+    "stage_count",
 ]
 
 logger = logging.getLogger(__name__)
@@ -227,3 +229,39 @@ def create_backbone(
         pretrained=source != "none",
         weights_source=source,
     )
+
+
+def _stages(module: nn.Module) -> list[list[str]]:
+    """Parameter names of the backbone's stages, input side first: the stem, then each stage.
+
+    The stages are timm's coarse parameter groups (`group_matcher(coarse=True)`), the same
+    grouping that layer-wise learning-rate decay uses: for EfficientNet the stem and then
+    `blocks.0` to `blocks.6` (the last with the head convolution), for ResNet the stem and
+    `layer1` to `layer4`.
+    """
+    groups = timm.models.group_parameters(module, module.group_matcher(coarse=True))
+    return [list(names) for names in groups.values()]
+
+
+def stage_count(module: nn.Module) -> int:
+    return len(_stages(module))
+
+
+def freeze_stages(module: nn.Module, count: int) -> list[str]:
+    """Stop training the first `count` stages of a timm backbone and return their parameter names.
+
+    Their parameters no longer require gradients, so the backward pass stops at the first
+    trained stage. The trainer also keeps their batch-norm layers in eval mode, so that their
+    running statistics stay those of the pretrained weights.
+    """
+    stages = _stages(module)
+    if not 0 <= count < len(stages):
+        raise ValueError(
+            f"train.freeze_stages={count} is out of range for {type(module).__name__}, which has "
+            f"{len(stages)} stages: choose 0 (train every stage) to {len(stages) - 1}"
+        )
+    parameters = dict(module.named_parameters())
+    frozen = [name for stage in stages[:count] for name in stage]
+    for name in frozen:
+        parameters[name].requires_grad_(False)
+    return frozen

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ladnn.config import LadnnCfg, config_to_dict, resume_identity, without_run_limits
 from ladnn.data.lesions import LESIONS
 from ladnn.evaluation.metrics import roc_auc
-from ladnn.models.backbones import LoadedBackbone
+from ladnn.models.backbones import LoadedBackbone, freeze_stages
 from ladnn.models.ladnn import LADNN, build_model, ladnn_loss
 from ladnn.training.distributed import (
     DistributedContext,
@@ -147,11 +147,18 @@ def _wrap_distributed(
     return model, wrapper
 
 
-def _freeze_batchnorm(model: torch.nn.Module) -> None:
-    """Put every batch-norm layer in eval mode: it normalises with its running statistics and
-    stops updating them, while its scale and shift still train."""
+def _freeze_batchnorm(model: torch.nn.Module, *, all_layers: bool) -> None:
+    """Put batch-norm layers in eval mode, where they normalise with their running statistics.
+
+    With `all_layers` every layer stops updating its statistics, while its scale and shift still
+    train. Otherwise only the layers of frozen stages, whose parameters do not require gradients,
+    go to eval mode.
+    """
     for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            continue
+        parameters = list(module.parameters(recurse=False))
+        if all_layers or (parameters and not any(p.requires_grad for p in parameters)):
             module.eval()
 
 
@@ -216,9 +223,10 @@ def predict(
 
 def _make_optimizer(model: LADNN, cfg: LadnnCfg) -> torch.optim.Optimizer:
     train = cfg.train
+    parameters = [p for p in model.parameters() if p.requires_grad]
     if train.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
 
 
 def _make_scheduler(optimizer, cfg: LadnnCfg, steps_per_epoch: int):
@@ -343,6 +351,24 @@ def train_model(
             "layers have no statistics to keep, so they learn them from the batches",
             cfg.model.backbone,
         )
+    frozen_stages = (
+        cfg.train.freeze_stages if backbone.pretrained or initial_state is not None else 0
+    )
+    if cfg.train.freeze_stages and not frozen_stages and is_main:
+        logger.warning(
+            "train.freeze_stages ignored: %s starts from random weights, which every stage "
+            "has to learn",
+            cfg.model.backbone,
+        )
+    if frozen_stages:
+        frozen = freeze_stages(model.backbone, frozen_stages)
+        if is_main:
+            logger.info(
+                "kept the first %d stages of %s fixed (%d parameter tensors)",
+                frozen_stages,
+                cfg.model.backbone,
+                len(frozen),
+            )
 
     # `train.batch_size` counts the images of one optimizer step over all processes, so the
     # learning rate means the same with any number of them.
@@ -399,8 +425,8 @@ def train_model(
     stale_epochs = 0
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         model.train()
-        if freeze_batchnorm:
-            _freeze_batchnorm(model)
+        if freeze_batchnorm or frozen_stages:
+            _freeze_batchnorm(model, all_layers=freeze_batchnorm)
         order = torch.randperm(len(train), generator=generator)
         if sampler is not None:
             # This rank's strided share, padded so that every rank takes the same number of steps.
