@@ -520,7 +520,7 @@ def main() -> None:
     peak = matmul_peak(3 if args.quick else 5)
     peaks = {"float32": peak["gflops_median"]}
     # A CPU without bfloat16 units emulates bfloat16 products at a few GFLOP/s, so that peak
-    # takes minutes to measure; it is measured only when the trainer or a step variant uses it.
+    # takes minutes to measure. It is measured only when the trainer or a step variant uses it.
     uses_bfloat16 = training_precision(args.precision, torch.device("cpu")) == "bfloat16" or any(
         "bfloat16" in variant for variant in variants
     )

@@ -244,6 +244,7 @@ def _stages(module: nn.Module) -> list[list[str]]:
 
 
 def stage_count(module: nn.Module) -> int:
+    """Return the number of stages that `freeze_stages` counts for a timm backbone."""
     return len(_stages(module))
 
 

@@ -342,18 +342,16 @@ def train_model(
     model = model.to(device=device, memory_format=memory_format)
     mean, std = backbone.spec.mean, backbone.spec.std
     precision = training_precision(cfg.train.precision, device)
-    freeze_batchnorm = cfg.train.freeze_batchnorm and (
-        backbone.pretrained or initial_state is not None
-    )
+    # Frozen statistics and frozen stages only make sense for weights that were trained before.
+    pretrained_start = backbone.pretrained or initial_state is not None
+    freeze_batchnorm = cfg.train.freeze_batchnorm and pretrained_start
     if cfg.train.freeze_batchnorm and not freeze_batchnorm and is_main:
         logger.warning(
             "train.freeze_batchnorm ignored: %s starts from random weights, whose batch-norm "
             "layers have no statistics to keep, so they learn them from the batches",
             cfg.model.backbone,
         )
-    frozen_stages = (
-        cfg.train.freeze_stages if backbone.pretrained or initial_state is not None else 0
-    )
+    frozen_stages = cfg.train.freeze_stages if pretrained_start else 0
     if cfg.train.freeze_stages and not frozen_stages and is_main:
         logger.warning(
             "train.freeze_stages ignored: %s starts from random weights, which every stage "
