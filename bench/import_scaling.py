@@ -233,9 +233,8 @@ def main() -> None:
         stage["bulk"] = import_timed(root, workspace, f"bulk-to-{size}", bulk[present:size], timer)
         present = size
         logging.warning("bulk import to %d: %s", size, stage["bulk"])
-        # The reference metrics cache learns a batch's images at the next import, so measure the
-        # bulk's images now: each added batch then pays for the batch before it, as in a stream
-        # of equal batches.
+        # The importer caches the reference metrics of the images it commits. This call reads the
+        # cache and measures any dataset image missing from it, so no added batch pays for them.
         warm_started = time.perf_counter()
         importer.load_reference_metrics(
             DatasetStore(root), workspace.validation_dir / importer.REFERENCE_CACHE_NAME

@@ -8,9 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ladnn.data.images import encode_png, normalise_image
 from ladnn.data.importer import ImportItem, import_items
 from ladnn.data.splits import split_for_patient
 from ladnn.data.store import DatasetStore
+from ladnn.validation.image_metrics import REFERENCE_CACHE_NAME, load_reference_metrics
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +216,41 @@ def test_imported_release_files_exist(imported_release):
 
     assert missing == []
     assert len(list(imported_release.images_dir.iterdir())) == 746
+
+
+def test_imported_release_files_hold_their_own_pixels(imported_release):
+    # The canonical PNGs are encoded in worker threads. Each stored file must still decode to the
+    # pixels that its image id names and be the canonical encoding of those pixels.
+    metadata = imported_release.read_metadata()
+
+    mismatched = []
+    for image_id in metadata["image_id"]:
+        data = imported_release.image_path(image_id).read_bytes()
+        normalised = normalise_image(data, f"{image_id}.png")
+        if normalised.image_id != image_id or encode_png(normalised.image) != data:
+            mismatched.append(image_id)
+
+    assert mismatched == []
+
+
+def test_import_caches_reference_metrics_of_added_images(store, real_images, tmp_path):
+    validation_dir = tmp_path / "validation"
+    cache = validation_dir / REFERENCE_CACHE_NAME
+
+    import_items(
+        _items(real_images[:2]), store, "batch-1", validation_dir=validation_dir, progress=False
+    )
+    first_ids = sorted(store.read_metadata()["image_id"])
+    first_cache = pd.read_csv(cache, dtype={"image_id": str, "phash": str})
+    import_items(
+        _items(real_images[2:]), store, "batch-2", validation_dir=validation_dir, progress=False
+    )
+    second_cache = pd.read_csv(cache, dtype={"image_id": str, "phash": str})
+
+    # The first batch met an empty dataset, so only the import itself can have cached its images.
+    assert sorted(first_cache["image_id"]) == first_ids
+    assert sorted(second_cache["image_id"]) == sorted(store.read_metadata()["image_id"])
+    # What the importer cached equals what measuring the stored canonical PNGs gives.
+    pd.testing.assert_frame_equal(
+        load_reference_metrics(store, cache), load_reference_metrics(store, None), check_dtype=False
+    )

@@ -7,14 +7,17 @@ gate over the batch's metrics table, quarantines the rows the gate rejects and c
 from __future__ import annotations
 
 import logging
+import os
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from ladnn.data.images import ImageDecodeError, encode_png, normalise_image
+from ladnn.data.images import ImageDecodeError, NormalisedImage, encode_png, normalise_image
 from ladnn.data.lesions import LESIONS
 from ladnn.data.schema import SPLITS, coerce_metadata
 from ladnn.data.splits import split_for_patient
@@ -23,8 +26,10 @@ from ladnn.validation.gate import BatchValidationError, validate_batch
 from ladnn.validation.image_metrics import (
     REFERENCE_CACHE_NAME,
     build_metrics_table,
+    cache_reference_metrics,
     load_reference_metrics,
     measure_decoded,
+    measure_pixels,
     measure_undecodable,
 )
 from ladnn.validation.quarantine import item_fields, quarantine_file
@@ -107,6 +112,8 @@ class DecodedBatch:
     rows: dict[int, dict]
     pngs: dict[int, bytes]
     report: ImportReport
+    # `measure_pixels` of each candidate's canonical pixels, as the reference metrics hold them.
+    pixels: dict[int, dict[str, object]] = field(default_factory=dict)
 
 
 NEGATIVE_SUBTYPES = ("normal", "lung cancer", "nodule", "other pneumonia")
@@ -197,67 +204,99 @@ def decode_batch(
     records: list[dict] = []
     rows: dict[int, dict] = {}
     pngs: dict[int, bytes] = {}
+    pixels: dict[int, dict[str, object]] = {}
     batch_names: dict[str, str] = {}
 
     items = list(items)
-    for position, item in enumerate(
-        tqdm(items, desc=f"import {batch_id}", unit="img", disable=not progress)
-    ):
-        problems = metadata_problems(item)
-        record = {"row": position, "metadata_error": "; ".join(problems) or None}
-        data = b""
-        try:
-            data = item.read_bytes()
-            normalised = normalise_image(data, item.file_name)
-        except (ImageDecodeError, OSError) as err:
-            message = str(err) if isinstance(err, ImageDecodeError) else _read_error(item, err)
-            logger.warning("undecodable: %s", message)
-            meta = _metadata_row(item, batch_id, None, None)
-            measured = measure_undecodable(message, len(data))
-            records.append({**meta, **record, "outcome": "undecodable", **measured})
-            continue
-
-        image_id = normalised.image_id
-        split = (
-            known_splits.get(item.patient_id) or item.split or split_for_patient(item.patient_id)
-        )
-        outcome = "candidate"
-        if image_id in known.index:
-            match = known.loc[image_id]
-            if match["file_name"] == item.file_name:
-                outcome = "already_present"
-                report.already_present.append(item.file_name)
-            else:
-                same_owner = (match["patient_id"], match["split"]) == (item.patient_id, split)
-                outcome = "duplicate" if same_owner else "conflicting_duplicate"
-                report.duplicates.append((item.file_name, match["file_name"]))
-        elif image_id in batch_names:
-            outcome = "duplicate"
-            report.duplicates.append((item.file_name, batch_names[image_id]))
-
-        if outcome == "candidate":
-            if item.split and split != item.split:
-                raise ValueError(
-                    f"{item.file_name}: the publisher's split {item.split!r} conflicts with split "
-                    f"{split!r} that patient {item.patient_id!r} already has in the dataset"
-                )
-            if split not in SPLITS:
-                raise ValueError(
-                    f"{item.file_name}: invalid split {split!r}, expected one of {SPLITS}"
-                )
-            known_splits[item.patient_id] = split
-            batch_names[image_id] = item.file_name
-
-        meta = _metadata_row(item, batch_id, image_id, split)
-        measured = measure_decoded(normalised, len(data))
-        records.append({**meta, **record, "outcome": outcome, **measured})
-        if outcome == "candidate":
+    # Encoding is the slowest step and zlib releases the GIL, so canonical PNGs encode in worker
+    # threads while this thread decodes the next files. At most `backlog` decoded images wait.
+    workers = min(4, os.cpu_count() or 1)
+    backlog = 4 * workers
+    pending: deque[tuple[int, Future[bytes]]] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="encode-png") as encoder:
+        for position, item in enumerate(
+            tqdm(items, desc=f"import {batch_id}", unit="img", disable=not progress)
+        ):
+            record = _decode_item(
+                position, item, batch_id, known, known_splits, batch_names, report, records
+            )
+            if record is None:
+                continue
+            meta, normalised, measured = record
             rows[position] = meta
+            pixels[position] = measured
             if encode:
-                pngs[position] = encode_png(normalised.image)
+                pending.append((position, encoder.submit(encode_png, normalised.image)))
+                while len(pending) > backlog:
+                    done, future = pending.popleft()
+                    pngs[done] = future.result()
+        for done, future in pending:
+            pngs[done] = future.result()
 
     table = build_metrics_table(records)
-    return DecodedBatch(batch_id, items, table, rows, pngs, report)
+    return DecodedBatch(batch_id, items, table, rows, pngs, report, pixels)
+
+
+def _decode_item(
+    position: int,
+    item: ImportItem,
+    batch_id: str,
+    known: pd.DataFrame,
+    known_splits: dict[str, str],
+    batch_names: dict[str, str],
+    report: ImportReport,
+    records: list[dict],
+) -> tuple[dict, NormalisedImage, dict[str, object]] | None:
+    """Decode and measure one file, append its record, and return its metadata row, image and
+    pixel metrics when it is a candidate.
+
+    `known_splits`, `batch_names` and `report` are updated in place."""
+    problems = metadata_problems(item)
+    record = {"row": position, "metadata_error": "; ".join(problems) or None}
+    data = b""
+    try:
+        data = item.read_bytes()
+        normalised = normalise_image(data, item.file_name)
+    except (ImageDecodeError, OSError) as err:
+        message = str(err) if isinstance(err, ImageDecodeError) else _read_error(item, err)
+        logger.warning("undecodable: %s", message)
+        meta = _metadata_row(item, batch_id, None, None)
+        measured = measure_undecodable(message, len(data))
+        records.append({**meta, **record, "outcome": "undecodable", **measured})
+        return None
+
+    image_id = normalised.image_id
+    split = known_splits.get(item.patient_id) or item.split or split_for_patient(item.patient_id)
+    outcome = "candidate"
+    if image_id in known.index:
+        match = known.loc[image_id]
+        if match["file_name"] == item.file_name:
+            outcome = "already_present"
+            report.already_present.append(item.file_name)
+        else:
+            same_owner = (match["patient_id"], match["split"]) == (item.patient_id, split)
+            outcome = "duplicate" if same_owner else "conflicting_duplicate"
+            report.duplicates.append((item.file_name, match["file_name"]))
+    elif image_id in batch_names:
+        outcome = "duplicate"
+        report.duplicates.append((item.file_name, batch_names[image_id]))
+
+    if outcome == "candidate":
+        if item.split and split != item.split:
+            raise ValueError(
+                f"{item.file_name}: the publisher's split {item.split!r} conflicts with split "
+                f"{split!r} that patient {item.patient_id!r} already has in the dataset"
+            )
+        if split not in SPLITS:
+            raise ValueError(f"{item.file_name}: invalid split {split!r}, expected one of {SPLITS}")
+        known_splits[item.patient_id] = split
+        batch_names[image_id] = item.file_name
+
+    meta = _metadata_row(item, batch_id, image_id, split)
+    pixels = measure_pixels(normalised.image)
+    measured = measure_decoded(normalised, len(data), pixels)
+    records.append({**meta, **record, "outcome": outcome, **measured})
+    return (meta, normalised, pixels) if outcome == "candidate" else None
 
 
 def _quarantine_rejected(
@@ -332,6 +371,10 @@ def import_items(
         frame = coerce_metadata(pd.DataFrame([decoded.rows[position] for position in accepted]))
         pngs = {decoded.rows[p]["image_id"]: decoded.pngs[p] for p in accepted}
         store.commit(frame, pngs)
+        if cache is not None:
+            cache_reference_metrics(
+                cache, {decoded.rows[p]["image_id"]: decoded.pixels[p] for p in accepted}
+            )
     logger.info("%s; validation %s", report.summary(), validation.validation_id)
     return report
 

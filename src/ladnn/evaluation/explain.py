@@ -22,7 +22,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from ladnn.data.images import normalise_image
+from ladnn.data.images import PNG_COMPRESS_LEVEL, normalise_image
 from ladnn.data.store import DatasetStore
 from ladnn.models.backbones import BackboneSpec
 from ladnn.models.ladnn import LADNN, OUTPUT_NAMES
@@ -164,7 +164,8 @@ def save_overlays(explanation: Explanation, folder: Path, prefix: str = "") -> d
     for output in explanation.heatmaps:
         path = folder / f"{prefix}{output}.png"
         buffer = io.BytesIO()
-        Image.fromarray(overlay_image(explanation, output)).save(buffer, format="PNG")
+        overlay = Image.fromarray(overlay_image(explanation, output))
+        overlay.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         path.write_bytes(buffer.getvalue())
         paths[output] = path
     return paths

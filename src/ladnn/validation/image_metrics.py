@@ -25,6 +25,7 @@ __all__ = [
     "REFERENCE_CACHE_NAME",
     "measure_pixels",
     "measure_decoded",
+    "cache_reference_metrics",
     "measure_undecodable",
     "build_metrics_table",
     "load_reference_metrics",
@@ -139,9 +140,13 @@ def measure_pixels(image: Image.Image) -> dict[str, object]:
     }
 
 
-def measure_decoded(normalised: NormalisedImage, file_size_bytes: int) -> dict[str, object]:
-    """Metrics of a file that decoded: its original properties and those of its normalised pixels."""
-    pixels = measure_pixels(normalised.image)
+def measure_decoded(
+    normalised: NormalisedImage, file_size_bytes: int, pixels: dict[str, object] | None = None
+) -> dict[str, object]:
+    """Metrics of a file that decoded: its original properties and those of its normalised pixels.
+
+    `pixels` is `measure_pixels` of the normalised image when the caller has it already."""
+    pixels = pixels if pixels is not None else measure_pixels(normalised.image)
     return {
         **pixels,
         "decodes": True,
@@ -195,6 +200,24 @@ def _read_cache(path: Path | None) -> pd.DataFrame:
         logger.warning("ignoring reference metrics cache %s: unexpected columns", path)
         return empty
     return cached
+
+
+def cache_reference_metrics(cache_path: Path, measured: dict[str, dict[str, object]]) -> None:
+    """Add `measure_pixels` results of dataset images (by image id) to the reference cache.
+
+    The importer adds the images it commits, so the next import does not decode them again."""
+    cached = _read_cache(cache_path)
+    known = set(cached["image_id"])
+    rows = [
+        {"image_id": image_id, **{column: pixels[column] for column in _PIXEL_COLUMNS}}
+        for image_id, pixels in measured.items()
+        if image_id not in known
+    ]
+    if not rows:
+        return
+    frame = pd.DataFrame(rows) if cached.empty else pd.concat([cached, pd.DataFrame(rows)])
+    text = frame.to_csv(index=False, lineterminator="\n")
+    atomic_write_bytes(cache_path, text.encode("utf-8"))
 
 
 def load_reference_metrics(store: DatasetStore, cache_path: Path | None = None) -> pd.DataFrame:
