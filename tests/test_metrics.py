@@ -18,10 +18,14 @@ from ladnn.evaluation.metrics import (
     auc_with_ci,
     bootstrap_ci,
     choose_threshold,
+    patient_resamples,
+    resample_weights,
     roc_auc,
     sensitivity_at_specificity,
     threshold_metric_intervals,
     threshold_metrics,
+    weighted_auc,
+    weighted_threshold_metrics,
 )
 
 SIZES = [12, 57, 300]
@@ -247,3 +251,71 @@ def test_threshold_intervals_match_bootstrap(name: str):
 
     assert intervals[name] == pytest.approx(expected, abs=1e-12)
     assert intervals[name][0] <= threshold_metrics(labels, scores, 0.5)[name] <= intervals[name][1]
+
+
+def _tied_scores(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, scores rounded to one decimal so that many tie, and patients of 1 to 3 rows."""
+    labels, scores = separable_scores(size, seed)
+    patients = np.sort(np.random.default_rng(seed).integers(0, size // 2, size))
+    return labels, np.round(scores, 1), patients
+
+
+def test_resample_weights_count_the_resampled_rows():
+    labels, _, patients = _tied_scores(90, seed=11)
+
+    weights = resample_weights(len(labels), patients, 50, seed=3)
+    resamples = list(patient_resamples(len(labels), patients, 50, seed=3))
+
+    assert weights.shape == (50, 90)
+    for counts, index in zip(weights, resamples, strict=True):
+        assert np.array_equal(counts, np.bincount(index, minlength=90))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_weighted_auc_matches_sklearn_on_each_resample(seed: int):
+    labels, scores, patients = _tied_scores(80, seed)
+    weights = resample_weights(len(labels), patients, 200, seed)
+
+    fast = weighted_auc(labels, scores, weights)
+
+    expected = [
+        roc_auc_score(labels[index], scores[index])
+        if len(np.unique(labels[index])) == 2
+        else np.nan
+        for index in patient_resamples(len(labels), patients, 200, seed)
+    ]
+    np.testing.assert_allclose(fast, expected, rtol=0, atol=1e-12)
+
+
+def test_weighted_auc_is_nan_without_both_classes():
+    weights = np.array([[1, 1, 0, 0], [0, 0, 2, 1], [1, 0, 0, 1]])
+
+    aucs = weighted_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1], weights)
+
+    assert math.isnan(aucs[0])
+    assert math.isnan(aucs[1])
+    assert aucs[2] == pytest.approx(1.0)
+
+
+def test_weighted_threshold_metrics_match_each_resample():
+    labels, scores, patients = _tied_scores(60, seed=2)
+    weights = resample_weights(len(labels), patients, 100, seed=9)
+
+    fast = weighted_threshold_metrics(labels, scores, 0.5, weights)
+
+    for row, index in enumerate(patient_resamples(len(labels), patients, 100, seed=9)):
+        expected = threshold_metrics(labels[index], scores[index], 0.5)
+        for name in ("sensitivity", "specificity", "precision", "f1", "accuracy"):
+            assert fast[name][row] == pytest.approx(expected[name], nan_ok=True, abs=1e-12), name
+
+
+def test_auc_interval_equals_bootstrap_of_sklearn_auc():
+    labels, scores, patients = _tied_scores(120, seed=8)
+
+    def statistic(y: np.ndarray, p: np.ndarray) -> float:
+        return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan
+
+    _, low, high = auc_with_ci(labels, scores, patients, n_resamples=300, seed=4)
+    expected = bootstrap_ci(statistic, labels, scores, patients, n_resamples=300, seed=4)
+
+    assert (low, high) == pytest.approx(expected, abs=1e-12)

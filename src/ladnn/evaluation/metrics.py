@@ -18,6 +18,10 @@ __all__ = [
     "auc_with_ci",
     "threshold_metric_intervals",
     "patient_resamples",
+    "resample_weights",
+    "weighted_auc",
+    "weighted_threshold_metrics",
+    "confidence_interval",
 ]
 
 # Metrics of a frozen threshold that `threshold_metric_intervals` gives intervals for.
@@ -110,6 +114,17 @@ def sensitivity_at_specificity(y_true: Sequence, y_score: Sequence, specificity:
     return float(tpr[allowed].max()) if allowed.any() else 0.0
 
 
+def _group_index(n_rows: int, groups: Sequence | None) -> tuple[int, np.ndarray]:
+    """Return the number of groups and each row's group number (each row alone without groups)."""
+    group_ids = np.asarray(groups) if groups is not None else np.arange(n_rows)
+    if group_ids.shape != (n_rows,):
+        raise ValueError(
+            f"groups of shape {group_ids.shape} must have one entry per row ({n_rows})"
+        )
+    unique, inverse = np.unique(group_ids, return_inverse=True)
+    return len(unique), inverse
+
+
 def patient_resamples(
     n_rows: int, groups: Sequence | None, n_resamples: int, seed: int
 ) -> Iterator[np.ndarray]:
@@ -117,16 +132,85 @@ def patient_resamples(
 
     Each sample draws as many groups (patients) as there are, with replacement, and takes all rows
     of each. Without `groups`, each row is its own group."""
-    group_ids = np.asarray(groups) if groups is not None else np.arange(n_rows)
-    if group_ids.shape != (n_rows,):
-        raise ValueError(
-            f"groups of shape {group_ids.shape} must have one entry per row ({n_rows})"
-        )
-    unique, inverse = np.unique(group_ids, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    n_groups, inverse = _group_index(n_rows, groups)
+    members = [np.flatnonzero(inverse == g) for g in range(n_groups)]
     rng = np.random.default_rng(seed)
     for _ in range(n_resamples):
-        yield np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+        yield np.concatenate([members[g] for g in rng.integers(0, n_groups, n_groups)])
+
+
+def resample_weights(
+    n_rows: int, groups: Sequence | None, n_resamples: int, seed: int
+) -> np.ndarray:
+    """Return how often each row appears in each of `patient_resamples`' samples.
+
+    Row `r` of the result contains each input row's count in sample `r`. The samples are the ones
+    that `patient_resamples` yields for the same arguments."""
+    n_groups, inverse = _group_index(n_rows, groups)
+    rng = np.random.default_rng(seed)
+    counts = np.empty((n_resamples, n_groups), dtype=np.int64)
+    for sample in range(n_resamples):
+        counts[sample] = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+    return counts[:, inverse]
+
+
+def weighted_auc(y_true: Sequence, y_score: Sequence, weights: np.ndarray) -> np.ndarray:
+    """Compute the ROC AUC of the rows repeated as often as each row of `weights` gives.
+
+    Returns one value per row of `weights`, equal to `roc_auc_score` on the repeated rows (a tie
+    counts one half), and NaN where a row of `weights` leaves a class out."""
+    y, p = _as_arrays(y_true, y_score)
+    order = np.argsort(p, kind="stable")
+    sorted_scores, positive = p[order], y[order] == 1
+    counts = np.atleast_2d(weights)[:, order].astype(float)
+    # Rows with equal scores form one group; a positive beats every negative of a lower group
+    # and ties with half of its own group's negatives.
+    starts = np.flatnonzero(np.r_[True, np.diff(sorted_scores) != 0])
+    positives = np.add.reduceat(counts * positive, starts, axis=1)
+    negatives = np.add.reduceat(counts * ~positive, starts, axis=1)
+    below = np.cumsum(negatives, axis=1) - negatives
+    wins = np.sum(positives * (below + 0.5 * negatives), axis=1)
+    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, wins / pairs, math.nan)
+
+
+def weighted_threshold_metrics(
+    y_true: Sequence, y_score: Sequence, threshold: float, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Compute `threshold_metrics` of the rows repeated as often as each row of `weights` gives.
+
+    Returns one array per metric with a value per row of `weights`, NaN where the metric is
+    undefined."""
+    y, p = _as_arrays(y_true, y_score)
+    positive, called = y == 1, p >= threshold
+    counts = np.atleast_2d(weights).astype(float)
+    tp = counts @ (positive & called)
+    fp = counts @ (~positive & called)
+    fn = counts @ (positive & ~called)
+    tn = counts @ (~positive & ~called)
+
+    def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denominator > 0, numerator / denominator, math.nan)
+
+    return {
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "precision": ratio(tp, tp + fp),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": ratio(tp + tn, tp + fp + fn + tn),
+    }
+
+
+def confidence_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the defined (not NaN) values."""
+    defined = values[~np.isnan(values)]
+    if defined.size == 0:
+        return math.nan, math.nan
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(defined, [alpha, 1 - alpha])
+    return float(low), float(high)
 
 
 def bootstrap_ci(
@@ -166,13 +250,14 @@ def auc_with_ci(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """ROC AUC and its 95% bootstrap interval over patients."""
+    """ROC AUC and its 95% bootstrap interval over patients.
+
+    The interval equals `bootstrap_ci` with `roc_auc_score` as the statistic, computed for all
+    resamples at once from their row counts."""
     auc = roc_auc(y_true, y_score)
-
-    def statistic(y: np.ndarray, p: np.ndarray) -> float:
-        return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan
-
-    low, high = bootstrap_ci(statistic, y_true, y_score, groups, n_resamples=n_resamples, seed=seed)
+    y, p = _as_arrays(y_true, y_score)
+    weights = resample_weights(len(y), groups, n_resamples, seed)
+    low, high = confidence_interval(weighted_auc(y, p, weights))
     return auc, low, high
 
 
@@ -193,28 +278,6 @@ def threshold_metric_intervals(
     left out of that resample.
     """
     y, p = _as_arrays(y_true, y_score)
-    positive, called = y == 1, p >= threshold
-    samples: dict[str, list[float]] = {name: [] for name in THRESHOLD_METRICS}
-    for index in patient_resamples(len(y), groups, n_resamples, seed):
-        truth, call = positive[index], called[index]
-        tp = int(np.sum(truth & call))
-        fp = int(np.sum(~truth & call))
-        fn = int(np.sum(truth & ~call))
-        tn = len(index) - tp - fp - fn
-        values = {
-            "sensitivity": _ratio(tp, tp + fn),
-            "specificity": _ratio(tn, tn + fp),
-            "precision": _ratio(tp, tp + fp),
-            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-            "accuracy": _ratio(tp + tn, len(index)),
-        }
-        for name, value in values.items():
-            if not math.isnan(value):
-                samples[name].append(value)
-    alpha = (1 - confidence) / 2
-    return {
-        name: tuple(float(v) for v in np.quantile(values, [alpha, 1 - alpha]))
-        if values
-        else (math.nan, math.nan)
-        for name, values in samples.items()
-    }
+    weights = resample_weights(len(y), groups, n_resamples, seed)
+    values = weighted_threshold_metrics(y, p, threshold, weights)
+    return {name: confidence_interval(values[name], confidence) for name in THRESHOLD_METRICS}

@@ -23,9 +23,12 @@ from ladnn.config import GatesCfg
 from ladnn.data.store import DatasetStore
 from ladnn.evaluation.delong import delong_test
 from ladnn.evaluation.metrics import (
-    patient_resamples,
+    confidence_interval,
+    resample_weights,
     roc_auc,
     threshold_metrics,
+    weighted_auc,
+    weighted_threshold_metrics,
 )
 from ladnn.registry.loading import LoadedVersion, score_frame
 
@@ -101,34 +104,23 @@ def _bootstrap(
     seed: int,
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """95% intervals of each model's metrics and, with two models, of the candidate-minus-champion
-    differences, from one bootstrap over whole patients (keys: the roles and "difference")."""
-    keys = [*probabilities, *(["difference"] if len(probabilities) == 2 else [])]
-    samples: dict[str, dict[str, list[float]]] = {
-        key: {name: [] for name in _METRICS} for key in keys
-    }
-    for index in patient_resamples(len(y), groups, n_resamples, seed):
-        if len(np.unique(y[index])) < 2:
-            continue
-        values = {
-            role: _metric_values(y[index], p[index], thresholds[role])
-            for role, p in probabilities.items()
+    differences, from one bootstrap over whole patients (keys: the roles and "difference").
+
+    Resamples holding one class only are left out for every metric."""
+    weights = resample_weights(len(y), groups, n_resamples, seed)
+    positives = weights @ (y == 1)
+    weights = weights[(positives > 0) & (positives < weights.sum(axis=1))]
+    values: dict[str, dict[str, np.ndarray]] = {}
+    for role, p in probabilities.items():
+        values[role] = weighted_threshold_metrics(y, p, thresholds[role], weights)
+        values[role]["auc"] = weighted_auc(y, p, weights)
+    if len(probabilities) == 2:
+        values["difference"] = {
+            name: values["candidate"][name] - values["champion"][name] for name in _METRICS
         }
-        if "difference" in samples:
-            values["difference"] = {
-                name: values["candidate"][name] - values["champion"][name] for name in _METRICS
-            }
-        for key, metrics in values.items():
-            for name, value in metrics.items():
-                if not math.isnan(value):
-                    samples[key][name].append(value)
     return {
-        key: {
-            name: tuple(np.quantile(values, [0.025, 0.975]).tolist())
-            if values
-            else (math.nan, math.nan)
-            for name, values in by_metric.items()
-        }
-        for key, by_metric in samples.items()
+        key: {name: confidence_interval(by_metric[name]) for name in _METRICS}
+        for key, by_metric in values.items()
     }
 
 
