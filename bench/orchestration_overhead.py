@@ -12,12 +12,13 @@ one prepared data root (release imported, image cache filled):
 - `bare`: the same work without Prefect and MLflow: `import_release`, `check_images`,
   `train_model`, then the validation and test scores and metrics.
 
-The prepared root contains Prefect's database, as every cycle after a workspace's first finds
-it. `--first-cycle` leaves it out, so each flow creates it. The import finds the release already
-present, so it decodes and checks every file but creates no version and the ingest flow measures
-no drift. Each run reports its steps' time and its training time; Prefect's cost is the
-difference of the time outside training between `flow` and `direct`, MLflow's and the logged
-artifacts' between `direct` and `bare`, both against the median training time.
+The prepared root contains Prefect's database and MLflow's tracking store, as every cycle after a
+workspace's first finds them. `--first-cycle` leaves both out, so each run creates them. The
+import finds the release already present, so it decodes and checks every file but creates no
+version and the ingest flow measures no drift. Each run reports its steps' time and its training
+time; Prefect's cost is the difference of the time outside training between `flow` and `direct`,
+MLflow's and the logged artifacts' between `direct` and `bare`, both against the median training
+time.
 
     .venv/bin/python bench/orchestration_overhead.py             # 2 epochs, 2 repeats
     .venv/bin/python bench/orchestration_overhead.py --quick     # 1 epoch at 64 px, 1 repeat
@@ -148,14 +149,15 @@ def child(mode: str, root: Path, release: Path, overrides: list[str]) -> None:
 
 
 def prepare_template(
-    template: Path, datasets: Path, overrides: list[str], prefect_database: bool
+    template: Path, datasets: Path, overrides: list[str], existing_stores: bool
 ) -> None:
     """Import the release into `template` and fill the image cache for the configured size.
 
-    With `prefect_database`, also create Prefect's database in the workspace, as every cycle
-    after a workspace's first finds it."""
+    With `existing_stores`, also create Prefect's database and MLflow's tracking store in the
+    workspace, as every cycle after a workspace's first finds them."""
     from ladnn.cycle import import_release
     from ladnn.data.store import DatasetStore
+    from ladnn.tracking.store import configure_mlflow
     from ladnn.training.images import ImageCache
     from ladnn.workspace import Workspace
 
@@ -167,7 +169,8 @@ def prepare_template(
     ImageCache(store, workspace.cache_dir, cfg.train.image_size).get(
         store.read_metadata()["image_id"].tolist()
     )
-    if prefect_database:
+    if existing_stores:
+        configure_mlflow(cfg, workspace)
         environment = {**os.environ, "PREFECT_HOME": str(template / "workspace" / "prefect")}
         environment.pop("PREFECT_API_URL", None)
         prefect = Path(sys.executable).with_name("prefect")
@@ -230,7 +233,8 @@ def main() -> None:
     parser.add_argument(
         "--first-cycle",
         action="store_true",
-        help="Start each flow without Prefect's database, as a workspace's first cycle does.",
+        help="Start each run without Prefect's database and MLflow's tracking store, as a "
+        "workspace's first cycle does.",
     )
     args = parser.parse_args()
     datasets = datasets_dir(args.datasets)
@@ -248,7 +252,7 @@ def main() -> None:
     machine = machine_info()
     template = folder / "template"
     template.mkdir(parents=True)
-    prepare_template(template, datasets, overrides, prefect_database=not args.first_cycle)
+    prepare_template(template, datasets, overrides, existing_stores=not args.first_cycle)
 
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for repeat in range(repeats):
@@ -274,7 +278,9 @@ def main() -> None:
         "machine": machine,
         "overrides": overrides,
         "repeats": repeats,
-        "prefect_database": "created by the flow" if args.first_cycle else "present",
+        "prefect_database_and_tracking_store": (
+            "created by each run" if args.first_cycle else "present"
+        ),
         "prefect_server": args.prefect_api_url or "temporary, started by each flow",
         "runs": runs,
         "median_steps_seconds": steps,
