@@ -314,16 +314,6 @@ def run_training(
 
         with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(1) as painter:
             scratch_dir = Path(scratch)
-            # The figures render in a thread while this one computes the Grad-CAM++ overlays,
-            # whose convolutions release the GIL.
-            figures = painter.submit(
-                _save_figures,
-                {split: splits[split].frame["label"].to_numpy() for split in ("val", "test")},
-                probabilities,
-                threshold,
-                scratch_dir / "plots",
-                lesions=cfg.model.variant == "ladnn",
-            )
             for split in ("val", "test"):
                 data = splits[split]
                 predictions = data.frame[["image_id", "file_name", "patient_id", "label"]].copy()
@@ -336,6 +326,18 @@ def run_training(
                     slices = evaluate_slices(data.frame, probabilities[split], threshold)
                 slices.to_csv(scratch_dir / f"slices_{split}.csv", index=False)
                 mlflow.log_artifact(str(scratch_dir / f"slices_{split}.csv"), "slices")
+            # The figures render in a thread while this one computes the Grad-CAM++ overlays,
+            # whose convolutions release the GIL. The slices are scored before the thread starts
+            # because `warnings.catch_warnings` is not thread-safe, and both the slices and
+            # matplotlib's `set_xticklabels` use it.
+            figures = painter.submit(
+                _save_figures,
+                {split: splits[split].frame["label"].to_numpy() for split in ("val", "test")},
+                probabilities,
+                threshold,
+                scratch_dir / "plots",
+                lesions=cfg.model.variant == "ladnn",
+            )
             _log_gradcam(
                 outcome, store, splits["test"].frame, cfg.train.image_size, scratch_dir / "gradcam"
             )
