@@ -260,7 +260,7 @@ def _tied_scores(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return labels, np.round(scores, 1), patients
 
 
-def test_resample_weights_count_the_resampled_rows():
+def test_resample_weights_count_rows():
     labels, _, patients = _tied_scores(90, seed=11)
 
     weights = resample_weights(len(labels), patients, 50, seed=3)
@@ -272,7 +272,7 @@ def test_resample_weights_count_the_resampled_rows():
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_weighted_auc_matches_sklearn_on_each_resample(seed: int):
+def test_weighted_auc_matches_sklearn(seed: int):
     labels, scores, patients = _tied_scores(80, seed)
     weights = resample_weights(len(labels), patients, 200, seed)
 
@@ -287,7 +287,7 @@ def test_weighted_auc_matches_sklearn_on_each_resample(seed: int):
     np.testing.assert_allclose(fast, expected, rtol=0, atol=1e-12)
 
 
-def test_weighted_auc_is_nan_without_both_classes():
+def test_weighted_auc_single_class_nan():
     weights = np.array([[1, 1, 0, 0], [0, 0, 2, 1], [1, 0, 0, 1]])
 
     aucs = weighted_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1], weights)
@@ -297,7 +297,7 @@ def test_weighted_auc_is_nan_without_both_classes():
     assert aucs[2] == pytest.approx(1.0)
 
 
-def test_weighted_threshold_metrics_match_each_resample():
+def test_weighted_rates_match_resamples():
     labels, scores, patients = _tied_scores(60, seed=2)
     weights = resample_weights(len(labels), patients, 100, seed=9)
 
@@ -309,7 +309,7 @@ def test_weighted_threshold_metrics_match_each_resample():
             assert fast[name][row] == pytest.approx(expected[name], nan_ok=True, abs=1e-12), name
 
 
-def test_auc_interval_equals_bootstrap_of_sklearn_auc():
+def test_auc_interval_matches_bootstrap():
     labels, scores, patients = _tied_scores(120, seed=8)
 
     def statistic(y: np.ndarray, p: np.ndarray) -> float:

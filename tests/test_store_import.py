@@ -218,7 +218,7 @@ def test_imported_release_files_exist(imported_release):
     assert len(list(imported_release.images_dir.iterdir())) == 746
 
 
-def test_imported_release_files_hold_their_own_pixels(imported_release):
+def test_stored_files_match_image_ids(imported_release):
     # The canonical PNGs are encoded in worker threads. Each stored file must still decode to the
     # pixels that its image id names and be the canonical encoding of those pixels.
     metadata = imported_release.read_metadata()
@@ -233,7 +233,7 @@ def test_imported_release_files_hold_their_own_pixels(imported_release):
     assert mismatched == []
 
 
-def test_import_caches_reference_metrics_of_added_images(store, real_images, tmp_path):
+def test_import_caches_reference_metrics(store, real_images, tmp_path):
     validation_dir = tmp_path / "validation"
     cache = validation_dir / REFERENCE_CACHE_NAME
 

@@ -112,7 +112,7 @@ class DecodedBatch:
     rows: dict[int, dict]
     pngs: dict[int, bytes]
     report: ImportReport
-    # `measure_pixels` of each candidate's canonical pixels, as the reference metrics hold them.
+    # `measure_pixels` of each candidate's canonical pixels, in the form the reference metrics use.
     pixels: dict[int, dict[str, object]] = field(default_factory=dict)
 
 

@@ -163,8 +163,8 @@ def weighted_auc(y_true: Sequence, y_score: Sequence, weights: np.ndarray) -> np
     order = np.argsort(p, kind="stable")
     sorted_scores, positive = p[order], y[order] == 1
     counts = np.atleast_2d(weights)[:, order].astype(float)
-    # Rows with equal scores form one group; a positive beats every negative of a lower group
-    # and ties with half of its own group's negatives.
+    # Rows with equal scores form one group. A positive beats every negative of a lower group
+    # and ties with each negative of its own group, which counts one half.
     starts = np.flatnonzero(np.r_[True, np.diff(sorted_scores) != 0])
     positives = np.add.reduceat(counts * positive, starts, axis=1)
     negatives = np.add.reduceat(counts * ~positive, starts, axis=1)

@@ -106,7 +106,7 @@ def _bootstrap(
     """95% intervals of each model's metrics and, with two models, of the candidate-minus-champion
     differences, from one bootstrap over whole patients (keys: the roles and "difference").
 
-    Resamples holding one class only are left out for every metric."""
+    Resamples that contain one class only are left out for every metric."""
     weights = resample_weights(len(y), groups, n_resamples, seed)
     positives = weights @ (y == 1)
     weights = weights[(positives > 0) & (positives < weights.sum(axis=1))]

@@ -326,10 +326,9 @@ def run_training(
                     slices = evaluate_slices(data.frame, probabilities[split], threshold)
                 slices.to_csv(scratch_dir / f"slices_{split}.csv", index=False)
                 mlflow.log_artifact(str(scratch_dir / f"slices_{split}.csv"), "slices")
-            # The figures render in a thread while this one computes the Grad-CAM++ overlays,
-            # whose convolutions release the GIL. The slices are scored before the thread starts
-            # because `warnings.catch_warnings` is not thread-safe, and both the slices and
-            # matplotlib's `set_xticklabels` use it.
+            # The figures render in a thread beside the Grad-CAM++ overlays, whose convolutions
+            # release the GIL. The slices are scored first because `warnings.catch_warnings`,
+            # which they and matplotlib's `set_xticklabels` use, is not thread-safe.
             figures = painter.submit(
                 _save_figures,
                 {split: splits[split].frame["label"].to_numpy() for split in ("val", "test")},

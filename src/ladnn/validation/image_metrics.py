@@ -141,12 +141,10 @@ def measure_pixels(image: Image.Image) -> dict[str, object]:
 
 
 def measure_decoded(
-    normalised: NormalisedImage, file_size_bytes: int, pixels: dict[str, object] | None = None
+    normalised: NormalisedImage, file_size_bytes: int, pixels: dict[str, object]
 ) -> dict[str, object]:
-    """Metrics of a file that decoded: its original properties and those of its normalised pixels.
-
-    `pixels` is `measure_pixels` of the normalised image when the caller has it already."""
-    pixels = pixels if pixels is not None else measure_pixels(normalised.image)
+    """Metrics of a file that decoded: its original properties and, from `pixels` (the
+    `measure_pixels` result of the normalised image), those of its normalised pixels."""
     return {
         **pixels,
         "decodes": True,
@@ -213,11 +211,13 @@ def cache_reference_metrics(cache_path: Path, measured: dict[str, dict[str, obje
         for image_id, pixels in measured.items()
         if image_id not in known
     ]
-    if not rows:
-        return
-    frame = pd.DataFrame(rows) if cached.empty else pd.concat([cached, pd.DataFrame(rows)])
-    text = frame.to_csv(index=False, lineterminator="\n")
-    atomic_write_bytes(cache_path, text.encode("utf-8"))
+    if rows:
+        frame = pd.DataFrame(rows) if cached.empty else pd.concat([cached, pd.DataFrame(rows)])
+        _write_cache(cache_path, frame)
+
+
+def _write_cache(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write_bytes(path, frame.to_csv(index=False, lineterminator="\n").encode("utf-8"))
 
 
 def load_reference_metrics(store: DatasetStore, cache_path: Path | None = None) -> pd.DataFrame:
@@ -244,8 +244,7 @@ def load_reference_metrics(store: DatasetStore, cache_path: Path | None = None) 
                 measured.append({"image_id": image_id, **measure_pixels(image)})
         cached = pd.concat([cached, pd.DataFrame(measured)], ignore_index=True)
         if cache_path is not None:
-            text = cached.to_csv(index=False, lineterminator="\n")
-            atomic_write_bytes(cache_path, text.encode("utf-8"))
+            _write_cache(cache_path, cached)
 
     reference = identity.merge(cached, on="image_id", how="left", validate="one_to_one")
     return reference.loc[:, list(REFERENCE_COLUMNS)].reset_index(drop=True)
