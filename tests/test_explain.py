@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import io
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from pytorch_grad_cam import GradCAMPlusPlus
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ladnn.data.images import ImageDecodeError
 from ladnn.evaluation.explain import (
@@ -82,7 +85,7 @@ def test_heatmaps_cover_image(backbone, pretrained, size, covid_path):
     assert explanation.image.shape == (height, width, 3)
     for name, probability in explanation.probabilities.items():
         assert 0.0 <= probability <= 1.0, name
-    # The explanation runs a batch of six with gradients, so float32 results differ slightly.
+    # The explanation runs with gradients recorded, so float32 results may differ slightly.
     assert explanation.probabilities["covid"] == pytest.approx(
         torch.sigmoid(before[0, 0]).item(), abs=1e-4
     )
@@ -94,6 +97,39 @@ def test_heatmaps_cover_image(backbone, pretrained, size, covid_path):
     with Image.open(covid_path) as opened:
         after = _logits(model, opened.convert("RGB"), loaded.spec, size)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def _full_backward_maps(model, spec, path, size: int) -> list[np.ndarray]:
+    """Grad-CAM++ maps with the gradient taken back to the input, at the image's size."""
+    with Image.open(path) as opened:
+        picture = opened.convert("RGB")
+    width, height = picture.size
+    single = to_model_input(load_image_tensor(picture, size).unsqueeze(0), spec.mean, spec.std)
+    batch = single.repeat(len(OUTPUT_NAMES), 1, 1, 1).requires_grad_(True)
+    targets = [ClassifierOutputTarget(index) for index in range(len(OUTPUT_NAMES))]
+    with GradCAMPlusPlus(model=model, target_layers=[target_layer(model, spec)]) as cam:
+        maps = cam(input_tensor=batch, targets=targets)
+    for parameter in model.parameters():
+        parameter.grad = None
+    return [np.clip(cv2.resize(item, (width, height)), 0.0, 1.0) for item in maps]
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18", "densenet121", "vgg16"])
+def test_maps_match_full_backward(backbone, covid_path):
+    model, loaded = build_model(backbone, pretrained=False)
+    model.eval()
+    reference = _full_backward_maps(model, loaded.spec, covid_path, 64)
+    reached = []
+    first = next(model.backbone.parameters())
+    handle = first.register_hook(lambda grad: reached.append(grad))
+
+    explanation = explain_image(model, loaded.spec, covid_path, image_size=64)
+
+    handle.remove()
+    # The backward pass ends at the explained layer and never reaches the backbone's stem.
+    assert reached == []
+    for name, expected in zip(OUTPUT_NAMES, reference, strict=True):
+        np.testing.assert_allclose(explanation.heatmaps[name], expected, atol=1e-4, err_msg=name)
 
 
 def test_explain_keeps_training_mode_and_grads(covid_path):

@@ -1,8 +1,10 @@
 """Grad-CAM++ heat maps of the COVID-19 output and of each lesion output of an LA-DNN model.
 
 The maps come from `pytorch_grad_cam.GradCAMPlusPlus` on the last convolutional block of the
-backbone. All outputs of one image are explained in one forward and one backward pass: the image is
-repeated once per output and batch element i targets output column i.
+backbone. All outputs of one image are explained in one forward and one backward pass. The backbone
+runs once, up to the explained layer. That layer's feature map is repeated once per output and
+enters the rest of the model as a new leaf tensor, and batch element i targets output column i.
+Grad-CAM++ needs only the gradient of that feature map, so the backward pass stops there.
 """
 
 from __future__ import annotations
@@ -81,6 +83,17 @@ def target_layer(model: LADNN, spec: BackboneSpec) -> nn.Module:
     )
 
 
+def _cut_graph(copies: int):
+    """Return a forward hook that passes on `copies` of its module's output of one image as a
+    leaf that requires the gradient."""
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        repeats = (copies,) + (1,) * (output.dim() - 1)
+        return output.detach().repeat(repeats).requires_grad_(True)
+
+    return hook
+
+
 def _decode(image: Image.Image | bytes | Path, name: str) -> Image.Image:
     """Decode bytes or a file with the import rules; a PIL image is converted to RGB as given."""
     if isinstance(image, Image.Image):
@@ -109,29 +122,32 @@ def explain_image(
     image's size.
 
     The model is left as it was found: its forward hooks are removed, its train/eval mode and
-    the `.grad` of its parameters are restored, and `requires_grad` is never changed (the input
-    tensor requires the gradient instead, so frozen backbones are explained too).
+    the `.grad` of its parameters are restored, and `requires_grad` is never changed (the
+    explained layer's output requires the gradient instead, so frozen backbones are explained
+    too).
     """
     picture = _decode(image, name)
     rgb = np.asarray(picture, dtype=np.float32) / 255.0
     outputs = OUTPUT_NAMES[:1] if model.lesion_head is None else OUTPUT_NAMES
     device = next(model.parameters()).device
     pixels = load_image_tensor(picture, image_size).unsqueeze(0)
-    single = to_model_input(pixels, spec.mean, spec.std)
-    batch = single.repeat(len(outputs), 1, 1, 1).to(device)
+    single = to_model_input(pixels, spec.mean, spec.std).to(device)
     targets = [ClassifierOutputTarget(index) for index in range(len(outputs))]
 
     was_training = model.training
     saved_grads = [(parameter, parameter.grad) for parameter in model.parameters()]
-    cam = GradCAMPlusPlus(model=model, target_layers=[layer or target_layer(model, spec)])
+    explained = layer or target_layer(model, spec)
+    # Registered before Grad-CAM++'s own hook, which then records the leaf and its gradient.
+    cut = explained.register_forward_hook(_cut_graph(len(outputs)))
+    cam = GradCAMPlusPlus(model=model, target_layers=[explained])
     try:
         with torch.enable_grad():
-            batch.requires_grad_(True)
-            maps = cam(input_tensor=batch, targets=targets)
+            maps = cam(input_tensor=single, targets=targets)
             logits = cam.outputs[0].detach().float().cpu()
     finally:
         # Releasing removes the forward hooks; the gradient hooks belong to this call's tensors.
         cam.activations_and_grads.release()
+        cut.remove()
         cam.outputs = None
         for parameter, grad in saved_grads:
             parameter.grad = grad
