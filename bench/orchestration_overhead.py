@@ -136,6 +136,11 @@ def run_bare(root: Path, overrides: list[str]) -> float:
 
 def child(mode: str, root: Path, release: Path, overrides: list[str]) -> None:
     """Run one mode in this process and print its timings as one JSON line."""
+    from ladnn.workspace import Workspace
+
+    # The settings that the `ladnn` entry point exports: no usage analytics from DVC and
+    # Prefect's server, no MLflow download bars.
+    Workspace(root / "workspace").export_environment()
     started = time.perf_counter()
     if mode == "flow":
         train_seconds = run_flow(root, release, overrides)

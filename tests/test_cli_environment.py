@@ -18,7 +18,7 @@ STARTUP = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 @pytest.fixture
 def clean_environment(monkeypatch):
     """Forget what the entry point exports, then restore the test process's values afterwards."""
-    for name in (STARTUP, "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+    for name in (STARTUP, "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED", "DVC_NO_ANALYTICS"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
 
@@ -30,6 +30,15 @@ def test_prefect_temporary_server_gets_time_to_start(clean_environment, tmp_path
     assert result.exit_code == 0, result.output
     assert Settings().server.ephemeral.startup_timeout_seconds == 180
     assert os.environ["PREFECT_HOME"] == str(tmp_path / "ws" / "prefect")
+
+
+def test_tools_send_no_analytics(clean_environment, tmp_path):
+    """Prefect's server otherwise tries to send usage data on start and logs the failure."""
+    result = CliRunner().invoke(app, ["--workspace", str(tmp_path / "ws"), "config", "show"])
+
+    assert result.exit_code == 0, result.output
+    assert Settings().server.analytics_enabled is False
+    assert os.environ["DVC_NO_ANALYTICS"] == "1"
 
 
 def test_user_startup_limit_kept(clean_environment, tmp_path, monkeypatch):

@@ -83,16 +83,16 @@ def test_bfloat16_training_follows_float32_closely(splits, monkeypatch):
     np.testing.assert_allclose(losses[0], losses[1], rtol=0.05)
 
 
-@pytest.mark.parametrize(("amx", "expected"), [(True, "bfloat16"), (False, "float32")])
-def test_auto_on_cpu_follows_amx(monkeypatch, amx, expected):
-    monkeypatch.setattr(trainer, "_has_amx", lambda: amx)
+@pytest.mark.parametrize(("units", "expected"), [(True, "bfloat16"), (False, "float32")])
+def test_auto_on_cpu_follows_units(monkeypatch, units, expected):
+    monkeypatch.setattr(trainer, "_has_bfloat16_units", lambda: units)
 
     assert training_precision("auto", torch.device("cpu")) == expected
     assert training_precision("float32", torch.device("cpu")) == "float32"
     assert training_precision("bfloat16", torch.device("cpu")) == "bfloat16"
 
 
-def test_amx_probe_matches_cpu_flags():
+def test_bfloat16_probe_matches_flags():
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
         pytest.skip("no /proc/cpuinfo on this system")
@@ -103,7 +103,7 @@ def test_amx_probe_matches_cpu_flags():
         for flag in line.split(":", 1)[1].split()
     }
 
-    assert trainer._has_amx() == ("amx_tile" in flags)
+    assert trainer._has_bfloat16_units() == bool({"amx_tile", "avx512_bf16"} & flags)
 
 
 def test_unknown_precision_is_rejected():

@@ -106,14 +106,7 @@ def main(
 ) -> None:
     _configure_logging(verbose)
     space = Workspace.resolve(workspace).ensure()
-    os.environ[WORKSPACE_ENV] = str(space.root)
-    os.environ.setdefault("PREFECT_HOME", str(space.prefect_home))
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Prefect gives its temporary local server 20 s to start, which a busy 2-core machine exceeds.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
+    space.export_environment(verbose=verbose)
     ctx.obj = Context(space, config, list(overrides or []), profile)
     # Before any command imports Prefect, which reads PREFECT_API_URL once.
     from ladnn.servers import apply_servers

@@ -50,6 +50,22 @@ class Workspace:
         chosen = path or os.environ.get(WORKSPACE_ENV) or "workspace"
         return cls(Path(chosen).expanduser().resolve())
 
+    def export_environment(self, *, verbose: bool = False) -> None:
+        """Point the tools at this workspace and quieten them, unless the environment sets them.
+
+        Prefect keeps its database here. DVC and Prefect's server send no usage analytics, and
+        MLflow shows no download bars and logs warnings only (debug messages with `verbose`).
+        """
+        os.environ[WORKSPACE_ENV] = str(self.root)
+        os.environ.setdefault("PREFECT_HOME", str(self.prefect_home))
+        os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        # Prefect gives its temporary local server 20 s to start, which a busy 2-core machine
+        # exceeds.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
+
     def ensure(self) -> Workspace:
         for folder in (
             self.mlflow_dir,
