@@ -137,9 +137,9 @@ def explain_image(
     was_training = model.training
     saved_grads = [(parameter, parameter.grad) for parameter in model.parameters()]
     explained = layer or target_layer(model, spec)
-    # Registered before Grad-CAM++'s own hook, which then records the leaf and its gradient.
-    cut = explained.register_forward_hook(_cut_graph(len(outputs)))
     cam = GradCAMPlusPlus(model=model, target_layers=[explained])
+    # Runs before Grad-CAM++'s own hook, which then records the leaf and its gradient.
+    cut = explained.register_forward_hook(_cut_graph(len(outputs)), prepend=True)
     try:
         with torch.enable_grad():
             maps = cam(input_tensor=single, targets=targets)
