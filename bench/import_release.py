@@ -1,9 +1,10 @@
 """Time `ladnn import release` of the COVID-CT release into a fresh data root, then once more.
 
 The first import decodes, measures, validates and encodes all 746 images and records version v1
-with DVC, so its rate is images per second of a whole import. The second import of the same release finds every image already present: it decodes and
-checks each file again, compares the batch with the dataset's reference metrics and records
-nothing. Each repeat starts from a new data root and workspace under `--root`.
+with DVC, so its rate is images per second of a whole import. The second import of the same
+release finds every image already present: it decodes and checks each file again, compares the
+batch with the dataset's reference metrics and records nothing. Each repeat starts from a new
+data root and workspace under `--root`.
 
     .venv/bin/python bench/import_release.py                 # 3 repeats
     .venv/bin/python bench/import_release.py --repeats 1

@@ -10,8 +10,9 @@ per-sample BCE loss on sigmoid outputs.
 The project's side is `ladnn.training.trainer.train_model`: images decoded and resized once into a
 uint8 tensor (what `ImageCache` stores), batch augmentation on tensors, channels_last, one torch
 thread per core, and the step in the precision that `train.precision` resolves to (`--precision`,
-default "auto": bfloat16 autocast on a CPU with AMX or AVX512-BF16, else float32). Both sides train the same `LADNN` model at the same batch size on the same real
-images, interleaved in one process, so both run under the same load and their ratio stays comparable.
+default "auto": bfloat16 autocast on a CPU with AMX or AVX512-BF16, else float32). Both sides
+train the same `LADNN` model at the same batch size on the same real images, interleaved in one
+process, so both run under the same load and their ratio stays comparable.
 
 The script also measures the machine's float32 and bfloat16 matrix-multiply peaks (`torch.matmul`
 of two 4096x4096 matrices), counts each model's training FLOPs per image with

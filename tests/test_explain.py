@@ -126,7 +126,7 @@ def test_maps_match_full_backward(backbone, covid_path):
     explanation = explain_image(model, loaded.spec, covid_path, image_size=64)
 
     handle.remove()
-    # The backward pass ends at the explained layer and never reaches the backbone's stem.
+    # The backward pass ends at the explained layer, so the backbone's first parameter gets none.
     assert reached == []
     for name, expected in zip(OUTPUT_NAMES, reference, strict=True):
         np.testing.assert_allclose(explanation.heatmaps[name], expected, atol=1e-4, err_msg=name)

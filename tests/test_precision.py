@@ -83,9 +83,9 @@ def test_bfloat16_training_follows_float32_closely(splits, monkeypatch):
     np.testing.assert_allclose(losses[0], losses[1], rtol=0.05)
 
 
-@pytest.mark.parametrize(("units", "expected"), [(True, "bfloat16"), (False, "float32")])
-def test_auto_on_cpu_follows_units(monkeypatch, units, expected):
-    monkeypatch.setattr(trainer, "_has_bfloat16_units", lambda: units)
+@pytest.mark.parametrize(("supported", "expected"), [(True, "bfloat16"), (False, "float32")])
+def test_auto_follows_bfloat16_units(monkeypatch, supported, expected):
+    monkeypatch.setattr(trainer, "_has_bfloat16_units", lambda: supported)
 
     assert training_precision("auto", torch.device("cpu")) == expected
     assert training_precision("float32", torch.device("cpu")) == "float32"

@@ -84,8 +84,8 @@ def target_layer(model: LADNN, spec: BackboneSpec) -> nn.Module:
 
 
 def _cut_graph(copies: int):
-    """Return a forward hook that passes on `copies` of its module's output of one image as a
-    leaf that requires the gradient."""
+    """Return a forward hook that repeats its module's output `copies` times as a new leaf tensor
+    that requires the gradient."""
 
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         repeats = (copies,) + (1,) * (output.dim() - 1)
@@ -138,7 +138,7 @@ def explain_image(
     saved_grads = [(parameter, parameter.grad) for parameter in model.parameters()]
     explained = layer or target_layer(model, spec)
     cam = GradCAMPlusPlus(model=model, target_layers=[explained])
-    # Runs before Grad-CAM++'s own hook, which then records the leaf and its gradient.
+    # Prepended so that it runs before Grad-CAM++'s own hook, which then records the leaf.
     cut = explained.register_forward_hook(_cut_graph(len(outputs)), prepend=True)
     try:
         with torch.enable_grad():
